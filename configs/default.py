@@ -1,0 +1,114 @@
+"""Shared base config for every preset in this directory (not meant to be run by itself).
+
+The presets (`mono.py`, `stereo_temporal.py`, `sc09.py`, ...) start from `base_config()` and change
+only what differs; `apply_tiny(config)` turns any of them into a CPU-size variant that trains in
+seconds on the bundled demo music. Every field is documented in README.md; `l_max` is derived from
+`dataset.sample_len` (times 2 for stereo) and never set here. Fields can be overridden on the
+command line, e.g.
+
+  python launch.py --config=configs/stereo_temporal.py:tiny --workdir=runs/demo \
+      --config.train.num_steps=200 --config.model.d_model=32
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The reference SaShiMi (8 layers per stage, pool [4, 4], expand 2, ff 2, GLU) on mono audio.
+
+  Hyper-parameters follow state-spaces/s4 `configs/experiment/audio/sashimi-sc09.yaml` and
+  `configs/model/{sashimi,layer/s4}.yaml`: AdamW, lr 1e-3, wd 0, SSM lr 1e-3, dt in [1e-3, 1e-1].
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.path = ""  # "" = the bundled demo music (sashimi_jax/demo_data).
+  config.dataset.sample_rate = 16000  # Hz; files at other rates are resampled or rejected.
+  config.dataset.sample_len = 16384  # frames per training clip (tokens = 2x for stereo).
+  config.dataset.is_stereo = False
+  config.dataset.interleaving_strategy = "temporal"  # temporal | blocking | blocking-N.
+  config.dataset.bits = 8  # 8..16; vocabulary = 2**bits.
+  config.dataset.quantization = "mu-law"  # mu-law | linear.
+  config.dataset.normalize = True  # joint min-max of each clip to [-1, 1] (the reference's).
+  config.dataset.resample = True  # False: files at another rate are an error.
+  config.dataset.mono_to_stereo = "error"  # what a stereo config does with a mono file.
+  config.dataset.valid_fraction = 0.06  # the reference's 88/6/6 split by file order.
+  config.dataset.test_fraction = 0.06
+  config.dataset.num_workers = 0  # grain worker processes (0 = in the training process).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.layer = "s4"  # s4 (DPLR) | s4d (diagonal).
+  config.model.d_model = 64
+  config.model.n_layers = 8  # residual blocks per U-Net stage.
+  config.model.pool = [4, 4]
+  config.model.expand = 2
+  config.model.ff = 2
+  config.model.unet = False
+  config.model.d_state = 64
+  config.model.n_ssm = 1  # None = one SSM per channel.
+  config.model.dropout = 0.0
+  config.model.final_act = "glu"
+  config.model.init = "legs"
+  config.model.disc = "zoh"
+  config.model.dt_min = 1e-3
+  config.model.dt_max = 1e-1
+  config.model.output_head = "categorical"  # categorical | dml.
+  config.model.n_mixtures = 10  # DML only.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 200_000
+  config.train.batch_size = 32  # global, over all devices and hosts.
+  config.train.learning_rate = 1e-3
+  config.train.ssm_learning_rate = 1e-3  # dt, A, B, P: this lr and no weight decay.
+  config.train.weight_decay = 0.0
+  config.train.warmup_steps = 1000
+  config.train.schedule = "plateau"  # cosine | constant | plateau (after warmup).
+  config.train.plateau_factor = 0.2  # plateau: lr *= factor when validation bits stall ...
+  config.train.plateau_patience = 20  # ... for this many evaluations in a row.
+  config.train.grad_clip_norm = 0.0  # global-norm clipping; 0 = off (the reference's default).
+  config.train.checkpoint_every_steps = 5000
+  config.train.eval_every_steps = 1000
+  config.train.log_every_steps = 100
+  config.train.eval_batches = 16
+  config.train.keep_checkpoints = 3  # the last K, plus the best by validation bits.
+  config.train.max_consecutive_nonfinite = 20
+  config.train.shard_optimizer_state = False
+  config.train.num_eval_samples = 0  # audio samples written to TensorBoard at each evaluation.
+  return config
+
+
+def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `config` in place to a 2-layer S4D model on short demo clips that trains on a CPU."""
+  config.dataset.path = ""
+  config.dataset.sample_len = 4096
+  config.model.layer = "s4d"
+  config.model.init = "diag-lin"
+  config.model.n_layers = 2
+  config.model.d_model = 64
+  config.train.num_steps = 400
+  config.train.batch_size = 4
+  config.train.learning_rate = 4e-3
+  config.train.ssm_learning_rate = 1e-3
+  config.train.warmup_steps = 20
+  config.train.schedule = "cosine"
+  config.train.grad_clip_norm = 1.0
+  config.train.checkpoint_every_steps = 100
+  config.train.eval_every_steps = 100
+  config.train.log_every_steps = 20
+  config.train.eval_batches = 4
+  config.train.keep_checkpoints = 2
+  return config
+
+
+def parse_args(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
+  """Splits a `file.py:a,b` config argument into its words, rejecting unknown ones.
+
+  Raises:
+    ValueError: naming the unknown word and the accepted ones.
+  """
+  words = {w.strip() for w in (arg or "").split(",") if w.strip()}
+  for word in words:
+    if word not in allowed and not (word.isdigit() and "N" in allowed):
+      raise ValueError(f"Unknown config argument {word!r}; accepted: {', '.join(allowed)}.")
+  return words
