@@ -1,0 +1,300 @@
+"""The compiled autoregressive sampler: params -> recurrence (once) -> `lax.scan(step)` -> tokens.
+
+The token stream always starts with the zero token, exactly as in training (`x[0] =
+zero_token(bits)`, `x = y` shifted right by one). With a prompt `y[:P]`, the model consumes
+`[zero, y0, .., y(P-1)]` in convolution mode (`model.prefill`) and the first new token is sampled
+from the output after the last prompt token; without one, the first new token is sampled from
+the output after the zero token. Every later token is produced by one `model.step` inside a
+`jax.lax.scan`, whose carry holds the recurrent state, the last sampled token and one PRNG key per
+sample.
+
+Sample `i` of a call draws its randomness from `fold_in(key, first_sample_index + i)` only, so a
+sample never depends on the batch size it was generated in.
+
+`generate` compiles ONE function (graphdef static, params an argument) for the whole run.
+`generate(..., chunk_tokens=n, progress=fn)` instead compiles a prologue and a scan over `n`
+steps whose carry (the state) is donated between calls, so a progress bar can update; both paths
+share the same step and give identical tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sashimi_jax import heads
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """What the model's outputs mean: head name, quantisation bits, DML mixtures."""
+
+  head: str
+  bits: int
+  n_mixtures: int = 0
+
+  @property
+  def zero_token(self) -> int:
+    """The token that opens every stream (the quantised 0.0), `2**(bits - 1)`."""
+    return 2**(self.bits - 1)
+
+
+def head_spec(model, *, head: Optional[str] = None, bits: Optional[int] = None,
+              n_mixtures: Optional[int] = None) -> HeadSpec:
+  """The model's output head, inferred from `model.num_tokens` / `model.output_dim` if not given.
+
+  `2**bits` is never a multiple of 3, so `output_dim == num_tokens` means categorical and
+  `output_dim == 3 M` means a DML head with M mixtures.
+
+  Raises:
+    ValueError: if the given or inferred head disagrees with the model's sizes.
+  """
+  num_tokens = int(model.num_tokens)
+  model_dim = int(model.output_dim)
+  if bits is None:
+    bits = num_tokens.bit_length() - 1
+  if 2**bits != num_tokens:
+    raise ValueError(f"bits={bits} gives {2**bits} tokens but the model embeds {num_tokens}.")
+  if head is None:
+    head = "categorical" if model_dim == num_tokens else "dml"
+  if n_mixtures is None:
+    n_mixtures = model_dim // 3 if head == "dml" else 0
+  if heads.output_dim(head, bits, n_mixtures) != model_dim:
+    raise ValueError(
+        f"Head {head!r} (bits={bits}, n_mixtures={n_mixtures}) needs "
+        f"{heads.output_dim(head, bits, n_mixtures)} outputs; the model has {model_dim}.")
+  return HeadSpec(head=head, bits=int(bits), n_mixtures=int(n_mixtures))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """Static (compile-time) sampler settings."""
+
+  spec: HeadSpec
+  batch_size: int
+  temperature: float
+  top_p: float
+  unroll: int
+
+
+def _sample_rows(settings: _Settings, keys: jax.Array, outputs: jax.Array):
+  """One token per row with that row's own key: keys (B,), outputs (B, D) -> 3 x (B,)."""
+  spec = settings.spec
+
+  def one(key, row):
+    tokens, logp, entropy = heads.sample_tokens(
+        key, row[None], head=spec.head, bits=spec.bits, n_mixtures=spec.n_mixtures,
+        temperature=settings.temperature, top_p=settings.top_p)
+    return tokens[0], logp[0], entropy[0]
+
+  return jax.vmap(one)(keys, outputs)
+
+
+def _split_rows(keys: jax.Array):
+  """keys (B,) -> (next keys (B,), keys to use now (B,))."""
+  pairs = jax.vmap(jax.random.split)(keys)
+  return pairs[:, 0], pairs[:, 1]
+
+
+def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
+  """Recurrence constants, the state after the stream's opening tokens, and the first token.
+
+  Returns:
+    rec, carry = (state, token (B,), keys (B,), log_likelihood (B,), entropy_sum (B,)).
+  """
+  batch = settings.batch_size
+  rec = model.setup_recurrence()
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      first_sample_index + jnp.arange(batch, dtype=jnp.int32))
+  zero = jnp.full((batch, 1), settings.spec.zero_token, jnp.int32)
+  if prompt is None:
+    outputs, state = model.step(rec, model.init_state(batch), zero[:, 0])
+  else:
+    outputs, state = model.prefill(rec, jnp.concatenate([zero, prompt.astype(jnp.int32)], 1))
+    outputs = outputs[:, -1]
+  keys, now = _split_rows(keys)
+  token, logp, entropy = _sample_rows(settings, now, outputs)
+  return rec, (state, token, keys, logp, entropy)
+
+
+def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
+  """Feeds the last sampled token and samples the next, `num_steps` times.
+
+  Returns:
+    (carry, tokens (B, num_steps) int32): the tokens sampled in these steps.
+  """
+
+  def body(carry, _):
+    state, token, keys, loglik, entropy_sum = carry
+    outputs, state = model.step(rec, state, token)
+    keys, now = _split_rows(keys)
+    token, logp, entropy = _sample_rows(settings, now, outputs)
+    return (state, token, keys, loglik + logp, entropy_sum + entropy), token
+
+  carry, tokens = jax.lax.scan(body, carry, None, length=num_steps, unroll=settings.unroll)
+  return carry, tokens.T
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_tokens"))
+def _generate_all(params, key, first_sample_index, prompt, *, graphdef, settings, num_tokens):
+  """The whole generation as one compiled function."""
+  model = nnx.merge(graphdef, params)
+  rec, carry = _prologue(model, settings, key, first_sample_index, prompt)
+  first = carry[1]
+  carry, rest = _scan_steps(model, settings, rec, carry, num_tokens - 1)
+  return jnp.concatenate([first[:, None], rest], axis=1), carry[3], carry[4]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _start(params, key, first_sample_index, prompt, *, graphdef, settings):
+  model = nnx.merge(graphdef, params)
+  return _prologue(model, settings, key, first_sample_index, prompt)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_steps"),
+                   donate_argnames=("carry",))
+def _advance(params, rec, carry, *, graphdef, settings, num_steps):
+  model = nnx.merge(graphdef, params)
+  return _scan_steps(model, settings, rec, carry, num_steps)
+
+
+def _check_prompt(prompt, batch_size: int, vocabulary: int):
+  if prompt is None:
+    return None
+  if prompt.ndim != 2 or prompt.shape[0] != batch_size or prompt.shape[1] < 1:
+    raise ValueError(
+        f"prompt must be int tokens (batch_size={batch_size}, P >= 1), got shape {prompt.shape}.")
+  if not np.issubdtype(np.dtype(prompt.dtype), np.integer):
+    raise ValueError(f"prompt must hold integer tokens, got dtype {prompt.dtype}.")
+  if not isinstance(prompt, jax.core.Tracer):
+    values = np.asarray(prompt)
+    if values.min() < 0 or values.max() >= vocabulary:
+      raise ValueError(
+          f"prompt tokens must lie in [0, {vocabulary}), got [{values.min()}, {values.max()}].")
+  return jnp.asarray(prompt, jnp.int32)
+
+
+def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
+             prompt: Optional[jax.Array] = None, temperature: float = 1.0, top_p: float = 1.0,
+             unroll: int = 1, head: Optional[str] = None, bits: Optional[int] = None,
+             n_mixtures: Optional[int] = None, first_sample_index: int = 0,
+             chunk_tokens: Optional[int] = None,
+             progress: Optional[Callable[[int], Any]] = None) -> dict[str, jax.Array]:
+  """Samples `num_tokens` new tokens per stream after an optional prompt.
+
+  Args:
+    model: a `SaShiMiLM` (anything with `setup_recurrence`, `init_state`, `step`, `prefill`,
+      `num_tokens`, `output_dim`, holding only `nnx.Param` state).
+    key: PRNG key; sample i uses `fold_in(key, first_sample_index + i)`.
+    batch_size: B, streams generated together.
+    num_tokens: new tokens per stream (>= 1).
+    prompt: optional int (B, P) stream tokens the samples continue (the zero token that opens
+      every stream is added here, not by the caller).
+    temperature: > 0 (see `heads.sample_tokens`).
+    top_p: nucleus mass in (0, 1]; tiny values give the argmax path.
+    unroll: `lax.scan` unroll factor.
+    head, bits, n_mixtures: the output head; inferred from the model when None.
+    first_sample_index: global index of row 0 (lets a large run be split into batches whose
+      samples do not depend on the batch size).
+    chunk_tokens: if set, run the scan in segments of this many tokens, with the state donated
+      between segments, calling `progress(tokens_done)` after each.
+    progress: callback for `chunk_tokens` mode, given the number of new tokens done so far.
+
+  Returns:
+    dict(tokens=int32 (B, P + num_tokens) including the prompt, log_likelihood=float32 (B,) sum
+    of the log-probabilities of the sampled tokens under the distribution they were drawn from,
+    mean_entropy=float32 (B,) that distribution's entropy averaged over the new tokens (nats)).
+  """
+  if batch_size < 1 or num_tokens < 1:
+    raise ValueError(f"need batch_size >= 1 and num_tokens >= 1, got {batch_size}, {num_tokens}.")
+  if unroll < 1:
+    raise ValueError(f"unroll must be >= 1, got {unroll}.")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+  spec = head_spec(model, head=head, bits=bits, n_mixtures=n_mixtures)
+  prompt = _check_prompt(prompt, batch_size, 2**spec.bits)
+  settings = _Settings(spec=spec, batch_size=int(batch_size), temperature=float(temperature),
+                       top_p=float(top_p), unroll=int(unroll))
+  graphdef, params = nnx.split(model)
+  index = jnp.asarray(first_sample_index, jnp.int32)
+
+  if chunk_tokens is None:
+    tokens, loglik, entropy_sum = _generate_all(
+        params, key, index, prompt, graphdef=graphdef, settings=settings, num_tokens=num_tokens)
+  else:
+    if chunk_tokens < 1:
+      raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
+    rec, carry = _start(params, key, index, prompt, graphdef=graphdef, settings=settings)
+    pieces = [carry[1][:, None]]
+    done = 1
+    if progress is not None:
+      progress(done)
+    while done < num_tokens:
+      steps = min(chunk_tokens, num_tokens - done)
+      carry, new = _advance(params, rec, carry, graphdef=graphdef, settings=settings,
+                            num_steps=steps)
+      pieces.append(new)
+      done += steps
+      if progress is not None:
+        jax.block_until_ready(new)
+        progress(done)
+    tokens = jnp.concatenate(pieces, axis=1)
+    loglik, entropy_sum = carry[3], carry[4]
+
+  if prompt is not None:
+    tokens = jnp.concatenate([prompt, tokens], axis=1)
+  return {"tokens": tokens, "log_likelihood": loglik,
+          "mean_entropy": entropy_sum / jnp.float32(num_tokens)}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "zero_token"))
+def _teacher_forced(params, targets, *, graphdef, zero_token):
+  model = nnx.merge(graphdef, params)
+  rec = model.setup_recurrence()
+  batch = targets.shape[0]
+  inputs = jnp.concatenate(
+      [jnp.full((batch, 1), zero_token, jnp.int32), targets[:, :-1].astype(jnp.int32)], 1)
+
+  def body(state, token):
+    outputs, state = model.step(rec, state, token)
+    return state, outputs
+
+  _, outputs = jax.lax.scan(body, model.init_state(batch), inputs.T)
+  return jnp.swapaxes(outputs, 0, 1)
+
+
+def teacher_forced_outputs(model, targets: jax.Array) -> jax.Array:
+  """Recurrent-mode outputs on a given stream, fed one token at a time by the sampler's step.
+
+  Args:
+    model: a `SaShiMiLM`.
+    targets: int (B, T) stream tokens `y`; the model is fed `x = [zero, y[:-1]]` as in training.
+
+  Returns:
+    (B, T, output_dim) float32, to compare with `model(x)` (convolution mode).
+  """
+  spec = head_spec(model)
+  graphdef, params = nnx.split(model)
+  return _teacher_forced(params, jnp.asarray(targets), graphdef=graphdef,
+                         zero_token=spec.zero_token)
+
+
+def shift_right(targets: jax.Array, bits: int) -> jax.Array:
+  """Training inputs for a stream: (B, T) y -> (B, T) x = [zero_token, y[:, :-1]]."""
+  zero = jnp.full((targets.shape[0], 1), 2**(bits - 1), jnp.int32)
+  return jnp.concatenate([zero, jnp.asarray(targets, jnp.int32)[:, :-1]], axis=1)
+
+
+def relative_difference(reference: jax.Array, other: jax.Array) -> float:
+  """||reference - other||_2 / ||reference||_2 (over every element), as a Python float."""
+  reference = np.asarray(reference, np.float64)
+  other = np.asarray(other, np.float64)
+  return float(np.linalg.norm(reference - other) / max(np.linalg.norm(reference), 1e-30))
