@@ -1,6 +1,6 @@
 """Stereo SaShiMi, blocking-N interleaving: N left frames, then the same N right frames, repeated.
 
-`dataset.sample_len` must be a multiple of N (validated). The argument is `tiny` and/or N
+N must not exceed `dataset.sample_len` (validated; a short last block is fine). The argument is `tiny` and/or N
 (default 256 frames), comma-separated.
 
 Run (from the repository root):

@@ -8,35 +8,16 @@ clear line per problem, so a bad command line fails in milliseconds instead of a
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
-_STRATEGY_RE = re.compile(r"^(temporal|blocking)(?:-(\d+))?$")
+from sashimi_jax.data import stereo
+
 LAYERS = ("s4", "s4d")
 OUTPUT_HEADS = ("categorical", "dml")
 QUANTIZATIONS = ("mu-law", "linear")
 SCHEDULES = ("cosine", "constant", "plateau")
 DISCRETIZATIONS = ("zoh", "bilinear")
 MIN_BITS, MAX_BITS = 8, 16
-
-
-def parse_block_frames(strategy: str) -> int | None:
-  """Returns N of a `blocking-N` strategy, None for `temporal`/`blocking`.
-
-  Raises:
-    ValueError: for any other string (the message lists the accepted forms).
-  """
-  match = _STRATEGY_RE.match(str(strategy))
-  if not match or (match.group(1) == "temporal" and match.group(2) is not None):
-    raise ValueError(
-        f"dataset.interleaving_strategy={strategy!r} is unknown; use 'temporal', 'blocking' or "
-        "'blocking-N' with N a positive integer number of frames per block.")
-  if match.group(2) is None:
-    return None
-  block_frames = int(match.group(2))
-  if block_frames < 1:
-    raise ValueError(f"dataset.interleaving_strategy={strategy!r}: N must be >= 1.")
-  return block_frames
 
 
 def token_stream_length(dataset_cfg) -> int:
@@ -136,9 +117,9 @@ def find_problems(config, *, num_devices: int | None = None,
   block_frames = None
   if strategy is not None:
     try:
-      block_frames = parse_block_frames(strategy)
+      block_frames = stereo.parse_strategy(strategy).block_frames
     except ValueError as e:
-      problems.append(str(e))
+      problems.append(f"dataset.interleaving_strategy: {e}")
       strategy = None
   _check_int(config, f"{d}.bits", problems, minimum=MIN_BITS, maximum=MAX_BITS)
   _check_choice(config, f"{d}.quantization", QUANTIZATIONS, problems)
@@ -155,10 +136,12 @@ def find_problems(config, *, num_devices: int | None = None,
                     "data; their sum must be < 1.")
   _check_int(config, f"{d}.num_workers", problems, minimum=0)
   if is_stereo and sample_len is not None and block_frames is not None:
-    if sample_len % block_frames:
+    # A last block shorter than N is allowed (stereo.py); a block longer than the clip is
+    # just `blocking` under another name, almost always a units mistake (frames vs tokens).
+    if block_frames > sample_len:
       problems.append(
-          f"{d}.sample_len={sample_len} is not a multiple of the block of {block_frames} frames of "
-          f"interleaving_strategy={strategy!r}; each clip must hold whole blocks of both channels.")
+          f"{d}.interleaving_strategy={strategy!r} has blocks of {block_frames} frames, longer than "
+          f"{d}.sample_len={sample_len} frames; use 'blocking' or a smaller N.")
 
   # model
   m = "model"

@@ -1,0 +1,464 @@
+"""Training: `train_and_evaluate(config, workdir)`, the jitted train/eval steps and the host loop.
+
+The model is driven functionally: `graphdef, params = nnx.split(model)` once, and a pure loss
+function `nnx.merge`s them inside the step. The train state is a plain dict pytree:
+
+  {"step": int32, "params": pure dict, "opt_state": optax state, "lr_scale": float32,
+   "nonfinite_consecutive": int32, "nonfinite_total": int32,
+   "plateau_best_bits": float32, "plateau_bad_evals": int32}
+
+One `jax.jit` train step, state donated, with NamedShardings over a 1-D "data" mesh. The loss and
+gradients are computed per device inside `jax.shard_map` (each device computes the SSM kernels
+from the replicated parameters itself) and the gradients are averaged with an explicit
+`lax.pmean` (one all-reduce), so per-device memory does not grow with the device count. A
+non-finite loss, gradient or updated parameter skips the update inside the step and is counted;
+`train.max_consecutive_nonfinite` in a row stop the run. Dropout keys are `fold_in(seed, step)`,
+so a resumed run reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from sashimi_jax import checkpoint as checkpoint_lib
+from sashimi_jax import config as config_lib
+from sashimi_jax import heads
+from sashimi_jax import metrics as metrics_lib
+from sashimi_jax import optim
+from sashimi_jax import sharding as sharding_lib
+
+LN2 = math.log(2.0)
+TrainState = dict  # see the module docstring for its keys.
+
+
+class NonFiniteError(FloatingPointError):
+  """Too many consecutive non-finite losses/gradients."""
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int):
+  """The SaShiMiLM of `config`, parameters initialised from `seed`."""
+  from sashimi_jax import models  # pylint: disable=g-import-not-at-top
+  return models.build_model(config, nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def channel_map(dataset_cfg) -> np.ndarray:
+  """int32 (T,): 0 for left-channel stream positions, 1 for right (all 0 for mono)."""
+  if not dataset_cfg.is_stereo:
+    return np.zeros((config_lib.token_stream_length(dataset_cfg),), np.int32)
+  from sashimi_jax.data import stereo  # pylint: disable=g-import-not-at-top
+  return stereo.channel_of_position(int(dataset_cfg.sample_len),
+                                    dataset_cfg.interleaving_strategy).astype(np.int32)
+
+
+def token_bits(outputs: jax.Array, targets: jax.Array, config) -> jax.Array:
+  """Per-token negative log-likelihood in bits: outputs (B, T, D), targets (B, T) -> (B, T)."""
+  nll_nats = heads.token_nll(outputs, targets, head=config.model.output_head,
+                             bits=int(config.dataset.bits), n_mixtures=int(config.model.n_mixtures))
+  return nll_nats / LN2
+
+
+def _forward_bits(graphdef, params, batch_x, batch_y, config, dropout_key):
+  """Merges the model and returns per-token bits (B, T)."""
+  model = nnx.merge(graphdef, params)
+  dropout = float(config.model.dropout)
+  if dropout > 0:
+    outputs = model(batch_x, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
+  else:
+    outputs = model(batch_x, deterministic=True)
+  return token_bits(outputs, batch_y, config)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(config, graphdef, tx: optax.GradientTransformation, mesh) -> Callable:
+  """The pure train step (not yet jitted): (state, batch) -> (state, metrics).
+
+  Args:
+    config: the run config.
+    graphdef: the model's nnx GraphDef.
+    tx: the optimizer.
+    mesh: the 1-D "data" mesh.
+
+  Returns:
+    step_fn(state, {"x": int32 (B, T), "y": int32 (B, T)}) -> (new_state, metrics), metrics a dict
+    of float32 scalars: bits_per_token, grad_norm, finite (0/1), learning_rate,
+    ssm_learning_rate, nonfinite_consecutive, nonfinite_total.
+  """
+  base_key = jax.random.PRNGKey(int(config.seed))
+  axis = sharding_lib.DATA_AXIS
+
+  def local_loss_and_grads(params, x, y, key):
+    # Runs on one device's shard of the batch with the full (replicated) parameters.
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+
+    def loss_fn(p):
+      return jnp.mean(_forward_bits(graphdef, p, x, y, config, key))
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    # Equal shards: the global mean is the mean of the per-device means. One explicit all-reduce.
+    return jax.lax.pmean(loss, axis), jax.lax.pmean(grads, axis)
+
+  sharded_loss_and_grads = jax.shard_map(
+      local_loss_and_grads, mesh=mesh, in_specs=(P(), P(axis), P(axis), P()),
+      out_specs=(P(), P()), check_vma=False)
+
+  def train_step(state, batch):
+    step = state["step"]
+    key = jax.random.fold_in(base_key, step)
+    params = state["params"]
+    loss, grads = sharded_loss_and_grads(params, batch["x"], batch["y"], key)
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+    updates = jax.tree_util.tree_map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+
+    def keep_if_finite(new, old):
+      return jnp.where(finite, new, old)
+
+    consecutive = jnp.where(finite, 0, state["nonfinite_consecutive"] + 1).astype(jnp.int32)
+    new_state = dict(
+        state,
+        step=step + 1,
+        params=jax.tree_util.tree_map(keep_if_finite, new_params, params),
+        opt_state=jax.tree_util.tree_map(keep_if_finite, new_opt_state, state["opt_state"]),
+        nonfinite_consecutive=consecutive,
+        nonfinite_total=(state["nonfinite_total"] + (~finite).astype(jnp.int32)),
+    )
+    lrs = optim.current_learning_rates(config.train, step, state["lr_scale"])
+    metrics = {
+        "bits_per_token": loss.astype(jnp.float32),
+        "grad_norm": grad_norm.astype(jnp.float32),
+        "finite": finite.astype(jnp.float32),
+        "learning_rate": lrs["learning_rate"].astype(jnp.float32),
+        "ssm_learning_rate": lrs["ssm_learning_rate"].astype(jnp.float32),
+        "nonfinite_consecutive": consecutive,
+        "nonfinite_total": new_state["nonfinite_total"],
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config, graphdef, mesh) -> Callable:
+  """The pure eval step: (params, batch) -> {"bits_sum": (2,), "tokens": (2,)} per channel.
+
+  Index 0 sums over left-channel (or mono) stream positions, index 1 over right-channel ones.
+  """
+  axis = sharding_lib.DATA_AXIS
+  channels = jnp.asarray(channel_map(config.dataset))  # (T,)
+
+  def local(params, x, y):
+    bits = _forward_bits(graphdef, params, x, y, config, None)  # (B_local, T)
+    onehot = jax.nn.one_hot(channels, 2, dtype=jnp.float32)  # (T, 2)
+    bits_sum = jnp.einsum("bt,tc->c", bits, onehot)
+    tokens = jnp.sum(onehot, axis=0) * x.shape[0]
+    return jax.lax.psum(bits_sum, axis), jax.lax.psum(tokens, axis)
+
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
+                          out_specs=(P(), P()), check_vma=False)
+
+  def eval_step(params, batch):
+    bits_sum, tokens = sharded(params, batch["x"], batch["y"])
+    return {"bits_sum": bits_sum, "tokens": tokens}
+
+  return eval_step
+
+
+def _initial_counters() -> dict[str, Any]:
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "lr_scale": jnp.ones((), jnp.float32),
+      "nonfinite_consecutive": jnp.zeros((), jnp.int32),
+      "nonfinite_total": jnp.zeros((), jnp.int32),
+      "plateau_best_bits": jnp.full((), jnp.inf, jnp.float32),
+      "plateau_bad_evals": jnp.zeros((), jnp.int32),
+  }
+
+
+def state_shardings(config, mesh, abstract_state) -> dict:
+  """NamedShardings of the train state: replicated, except a sharded optimizer state if asked."""
+  rep = sharding_lib.replicated(mesh)
+  out = jax.tree_util.tree_map(lambda _: rep, abstract_state)
+  out["opt_state"] = sharding_lib.optimizer_state_shardings(
+      mesh, abstract_state["opt_state"], shard=bool(config.train.shard_optimizer_state))
+  return out
+
+
+def abstract_train_state(config, mesh):
+  """Shapes and shardings of the train state, without computing anything.
+
+  Returns:
+    (graphdef, abstract_state, tx): abstract_state is a pytree of jax.ShapeDtypeStruct with
+    `.sharding` set.
+  """
+  abstract_model = nnx.eval_shape(lambda: build_model(config, int(config.seed)))
+  graphdef, abstract_params = nnx.split(abstract_model)
+  abstract_params = nnx.to_pure_dict(abstract_params)
+  tx = optim.create_optimizer(config.train)
+  abstract_state = dict(
+      jax.eval_shape(_initial_counters),
+      params=abstract_params,
+      opt_state=jax.eval_shape(tx.init, abstract_params))
+  shardings = state_shardings(config, mesh, abstract_state)
+  abstract_state = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+  return graphdef, abstract_state, tx
+
+
+def init_train_state(config, mesh):
+  """Builds the model and a fresh train state placed on `mesh`.
+
+  Returns:
+    (graphdef, state, tx).
+  """
+  model = build_model(config, int(config.seed))
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  tx = optim.create_optimizer(config.train)
+  rep = sharding_lib.replicated(mesh)
+  params = jax.device_put(params, rep)
+  abstract_opt = jax.eval_shape(tx.init, params)
+  opt_shardings = sharding_lib.optimizer_state_shardings(
+      mesh, abstract_opt, shard=bool(config.train.shard_optimizer_state))
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  state = dict(jax.device_put(_initial_counters(), rep), params=params, opt_state=opt_state)
+  return graphdef, state, tx
+
+
+def jit_train_step(config, graphdef, tx, mesh, state_sharding):
+  """The compiled train step with in/out shardings and the state donated."""
+  step_fn = make_train_step(config, graphdef, tx, mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def evaluate(eval_step: Callable, params, eval_batches: Iterable[dict], mesh,
+             is_stereo: bool) -> dict[str, float]:
+  """Validation bits per token (and per channel / per stereo frame) over `eval_batches`."""
+  bits_sum = np.zeros(2, np.float64)
+  tokens = np.zeros(2, np.float64)
+  for batch in eval_batches:
+    out = jax.device_get(eval_step(params, sharding_lib.global_batch(mesh, batch)))
+    bits_sum += out["bits_sum"]
+    tokens += out["tokens"]
+  if tokens.sum() == 0:
+    raise ValueError("The validation split produced no batches; check dataset.valid_fraction and "
+                     "train.batch_size against the amount of audio.")
+  result = {"eval/bits_per_token": float(bits_sum.sum() / tokens.sum())}
+  if is_stereo:
+    result["eval/bits_per_token_left"] = float(bits_sum[0] / tokens[0])
+    result["eval/bits_per_token_right"] = float(bits_sum[1] / tokens[1])
+    # One stereo frame = one left + one right token.
+    result["eval/bits_per_frame"] = float(2 * bits_sum.sum() / tokens.sum())
+  return result
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM: the loop finishes the current step, saves and returns."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_samples(writer, config, graphdef, params, step: int) -> None:
+  """Audio/spectrogram summaries from sampling.summary_samples, when that module exists."""
+  try:
+    from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("train.num_eval_samples > 0 but sashimi_jax.sampling is unavailable.")
+    return
+  if not hasattr(sampling, "summary_samples"):
+    logging.warning("sashimi_jax.sampling has no summary_samples(); no audio summaries.")
+    return
+  model = nnx.merge(graphdef, params)
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 7), step)
+  for name, value in sampling.summary_samples(model, config, key).items():
+    if isinstance(value, tuple):
+      audio, sample_rate = value
+      writer.write_audio(step, f"samples/{name}", np.asarray(audio), sample_rate)
+    else:
+      writer.write_image(step, f"samples/{name}", np.asarray(value))
+
+
+def _check_nonfinite(config, step_metrics: dict, step: int) -> None:
+  consecutive = int(step_metrics["nonfinite_consecutive"])
+  limit = int(config.train.max_consecutive_nonfinite)
+  if consecutive >= limit:
+    raise NonFiniteError(
+        f"{consecutive} consecutive train steps (up to step {step}) had a non-finite loss, gradient "
+        f"or update (train.max_consecutive_nonfinite={limit}); stopping. The last finite "
+        "parameters are in the latest checkpoint; try a lower learning rate or "
+        "train.grad_clip_norm.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluates, checkpoints.
+
+  Args:
+    config: a validated-or-not ConfigDict (validated here before anything is built).
+    workdir: output directory: checkpoints/, tensorboard/, metrics.jsonl.
+
+  Returns:
+    The last logged train and eval metrics {name: value}.
+  """
+  config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  is_main = jax.process_index() == 0
+  mesh = sharding_lib.create_mesh()
+  tokens_per_step = int(config.train.batch_size) * config_lib.token_stream_length(config.dataset)
+  num_steps = int(config.train.num_steps)
+
+  graphdef, state, tx = init_train_state(config, mesh)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
+  train_iter = pipeline.create_train_iterator(
+      config.dataset, global_batch_size=int(config.train.batch_size), seed=int(config.seed))
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+  latest = ckpt.latest_step()
+  if latest is not None:
+    checkpoint_lib.check_compatible(ckpt.saved_config(latest), config, workdir=workdir,
+                                    step=latest)
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    del state  # free the fresh initialisation before restoring.
+    state = ckpt.restore(latest, abstract, train_iter)
+    logging.info("Resumed from %s step %d.", ckpt.directory, latest)
+  start_step = int(jax.device_get(state["step"]))
+
+  train_step = jit_train_step(config, graphdef, tx, mesh, shardings)
+  eval_step = jax.jit(make_eval_step(config, graphdef, mesh),
+                      in_shardings=(shardings["params"], sharding_lib.batch_sharding(mesh)),
+                      out_shardings=sharding_lib.replicated(mesh))
+  eval_batches = None  # built on first use, then reused (deterministic).
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  progress = metrics_lib.Progress(num_steps, enabled=is_main)
+  last_metrics: dict[str, float] = {}
+  pending: list[dict] = []
+  interval_start = time.monotonic()
+  interval_steps = 0
+  step = start_step
+  last_saved = latest
+  previous_metrics = None
+  try:
+    with _PreemptionFlag() as preemption:
+      while step < num_steps:
+        local_batch = next(train_iter)
+        state, step_metrics = train_step(state, sharding_lib.global_batch(mesh, local_batch))
+        step += 1
+        interval_steps += 1
+        pending.append(step_metrics)
+        # Checked one step late, so the host never waits for the step it just dispatched.
+        if previous_metrics is not None:
+          _check_nonfinite(config, jax.device_get(previous_metrics), step - 1)
+        previous_metrics = step_metrics
+
+        is_last = step == num_steps
+        if step % int(config.train.log_every_steps) == 0 or is_last:
+          host = jax.device_get(pending)
+          elapsed = time.monotonic() - interval_start
+          finite = [m for m in host if m["finite"] > 0]
+          scalars = {
+              "train/tokens_per_second": tokens_per_step * interval_steps / max(elapsed, 1e-9),
+              "train/seconds_per_step": elapsed / interval_steps,
+              "train/learning_rate": float(host[-1]["learning_rate"]),
+              "train/ssm_learning_rate": float(host[-1]["ssm_learning_rate"]),
+              "train/nonfinite_skips": float(host[-1]["nonfinite_total"]),
+          }
+          if finite:  # skipped steps have no meaningful loss; they are counted instead.
+            scalars["train/bits_per_token"] = float(np.mean([m["bits_per_token"] for m in finite]))
+            scalars["train/grad_norm"] = float(np.mean([m["grad_norm"] for m in finite]))
+          writer.write_scalars(step, scalars)
+          progress.update(step, scalars)
+          last_metrics.update(scalars)
+          pending, interval_steps, interval_start = [], 0, time.monotonic()
+
+        eval_bits = None
+        if step % int(config.train.eval_every_steps) == 0 or is_last:
+          if eval_batches is None:
+            eval_batches = list(pipeline.create_eval_batches(
+                config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
+                max_batches=int(config.train.eval_batches)))
+          eval_scalars = evaluate(eval_step, state["params"], eval_batches, mesh,
+                                  bool(config.dataset.is_stereo))
+          eval_bits = eval_scalars["eval/bits_per_token"]
+          if config.train.schedule == "plateau":
+            state = _apply_plateau(config, state, eval_bits, mesh)
+          writer.write_scalars(step, eval_scalars)
+          progress.update(step, eval_scalars)
+          last_metrics.update(eval_scalars)
+          if int(config.train.num_eval_samples) > 0:
+            _write_samples(writer, config, graphdef, state["params"], step)
+          writer.flush()
+          interval_start = time.monotonic()  # evaluation time is not training throughput.
+
+        if (step % int(config.train.checkpoint_every_steps) == 0 or is_last
+            or preemption.requested):
+          _check_nonfinite(config, jax.device_get(step_metrics), step)
+          ckpt.save(step, state, train_iter, config, eval_bits_per_token=eval_bits)
+          last_saved = step
+          interval_start = time.monotonic()
+        if preemption.requested:
+          logging.warning("SIGTERM: saved step %d, exiting.", step)
+          print(f"Preempted (SIGTERM): saved checkpoint at step {step}.", flush=True)
+          break
+    if previous_metrics is not None:
+      _check_nonfinite(config, jax.device_get(previous_metrics), step)
+    if step >= num_steps and last_saved != step:
+      ckpt.save(step, state, train_iter, config)
+  finally:
+    ckpt.close()
+    writer.close()
+  return last_metrics
+
+
+def _apply_plateau(config, state, eval_bits: float, mesh):
+  """Host-side ReduceLROnPlateau on validation bits; updates the state's lr_scale & counters."""
+  before = optim.PlateauState(float(state["plateau_best_bits"]), int(state["plateau_bad_evals"]),
+                              float(state["lr_scale"]))
+  after = optim.plateau_update(before, eval_bits, factor=float(config.train.plateau_factor),
+                               patience=int(config.train.plateau_patience))
+  if after.lr_scale != before.lr_scale:
+    logging.info("Plateau: learning rates x%.3g (now x%.3g).", after.lr_scale / before.lr_scale,
+                 after.lr_scale)
+  rep = sharding_lib.replicated(mesh)
+  return dict(state,
+              plateau_best_bits=jax.device_put(np.float32(after.best_bits), rep),
+              plateau_bad_evals=jax.device_put(np.int32(after.bad_evals), rep),
+              lr_scale=jax.device_put(np.float32(after.lr_scale), rep))
