@@ -230,7 +230,9 @@ def build_clip_source(dataset_cfg, split: str, *, source: Any = None) -> audio.A
   where = s.path if source is None else source
   if isinstance(where, str) and where == "":
     where = DEMO_DATA_DIR
-  if isinstance(where, (str, os.PathLike, list, tuple)):
+  is_file_list = isinstance(where, (list, tuple)) and all(
+      isinstance(p, (str, os.PathLike)) for p in where)
+  if isinstance(where, (str, os.PathLike)) or is_file_list:
     paths, ignored = audio.find_audio_files(where)
     reader = audio.FileReader()
     keys = paths
@@ -279,7 +281,7 @@ def host_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
-  """absl logging in a fresh worker process needs parsed flags."""
+  """Marks absl flags parsed (with their defaults) if nothing parsed them: grain reads flags."""
   del worker_index, worker_count
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
@@ -318,6 +320,9 @@ def create_train_iterator(dataset_cfg, *, global_batch_size: int, seed: int,
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                                  prefetch_buffer_size=_PREFETCH_BATCHES))
   if workers > 0:
+    # grain reads absl flags when it starts workers; outside app.run (tests, notebooks) nothing
+    # has parsed them, so accept the defaults.
+    _worker_init(0, workers)
     iter_ds = iter_ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=_PREFETCH_BATCHES),
         worker_init_fn=_worker_init)
