@@ -103,7 +103,11 @@ def _split_rows(keys: jax.Array):
 
 
 def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
-  """Recurrence constants, the state after the stream's opening tokens, and the first token.
+  """Recurrence constants and the carry before the first new token.
+
+  The carry's token is the next one to feed: the zero token without a prompt; the last prompt
+  token with one, after `model.prefill` has consumed `[zero, y0, .., y(P-2)]`. Every new token
+  is then sampled inside the scan, so the step is compiled once.
 
   Returns:
     rec, carry = (state, token (B,), keys (B,), log_likelihood (B,), entropy_sum (B,)).
@@ -114,17 +118,16 @@ def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
       first_sample_index + jnp.arange(batch, dtype=jnp.int32))
   zero = jnp.full((batch, 1), settings.spec.zero_token, jnp.int32)
   if prompt is None:
-    outputs, state = model.step(rec, model.init_state(batch), zero[:, 0])
+    state, token = model.init_state(batch), zero[:, 0]
   else:
-    outputs, state = model.prefill(rec, jnp.concatenate([zero, prompt.astype(jnp.int32)], 1))
-    outputs = outputs[:, -1]
-  keys, now = _split_rows(keys)
-  token, logp, entropy = _sample_rows(settings, now, outputs)
-  return rec, (state, token, keys, logp, entropy)
+    _, state = model.prefill(rec, jnp.concatenate([zero, prompt[:, :-1]], axis=1))
+    token = prompt[:, -1]
+  zeros = jnp.zeros((batch,), jnp.float32)
+  return rec, (state, token, keys, zeros, zeros)
 
 
 def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
-  """Feeds the last sampled token and samples the next, `num_steps` times.
+  """Feeds the carried token and samples the next one, `num_steps` times.
 
   Returns:
     (carry, tokens (B, num_steps) int32): the tokens sampled in these steps.
@@ -146,9 +149,8 @@ def _generate_all(params, key, first_sample_index, prompt, *, graphdef, settings
   """The whole generation as one compiled function."""
   model = nnx.merge(graphdef, params)
   rec, carry = _prologue(model, settings, key, first_sample_index, prompt)
-  first = carry[1]
-  carry, rest = _scan_steps(model, settings, rec, carry, num_tokens - 1)
-  return jnp.concatenate([first[:, None], rest], axis=1), carry[3], carry[4]
+  carry, tokens = _scan_steps(model, settings, rec, carry, num_tokens)
+  return tokens, carry[3], carry[4]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -233,10 +235,8 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     if chunk_tokens < 1:
       raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
     rec, carry = _start(params, key, index, prompt, graphdef=graphdef, settings=settings)
-    pieces = [carry[1][:, None]]
-    done = 1
-    if progress is not None:
-      progress(done)
+    pieces = []
+    done = 0
     while done < num_tokens:
       steps = min(chunk_tokens, num_tokens - done)
       carry, new = _advance(params, rec, carry, graphdef=graphdef, settings=settings,

@@ -1,0 +1,169 @@
+"""Tests for sample.py and sashimi_jax.audio_summaries: files, channel order, prompts, errors."""
+
+import importlib.util
+import json
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from sashimi_jax import audio_summaries
+from sashimi_jax.data import pipeline
+from sashimi_jax.data import quantize
+from sashimi_jax.data import stereo
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("sample_cli", _ROOT / "sample.py")
+sample = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sample)
+
+_LOUD = 240  # a token far from the zero token: decodes to a loud sample.
+
+
+class ChannelStub(nnx.Module):
+  """An exact stand-in for a model trained on clips whose right channel is silent.
+
+  At every stream position of a right-channel sample it puts (almost) all probability on the
+  zero token, at every left position on `_LOUD`, through the same `step`/`prefill` interface as
+  `SaShiMiLM`. A wrong de-interleaving would leak loud samples into the right channel.
+  """
+
+  def __init__(self, num_frames: int, strategy: str):
+    self.num_tokens = 256
+    self.output_dim = 256
+    self.channel = nnx.Param(jnp.asarray(stereo.channel_of_position(num_frames, strategy)))
+
+  def _outputs(self, positions):
+    channel = self.channel[...][jnp.minimum(positions, self.channel.shape[0] - 1)]
+    favourite = jnp.where(channel == 1, quantize.zero_token(8), _LOUD)
+    return 30.0 * jax.nn.one_hot(favourite, 256)
+
+  def setup_recurrence(self):
+    return {}
+
+  def init_state(self, batch_size):
+    del batch_size
+    return jnp.zeros((), jnp.int32)
+
+  def step(self, rec, position, tokens):
+    del rec
+    outputs = jnp.broadcast_to(self._outputs(position), (tokens.shape[0], 256))
+    return outputs, position + 1
+
+  def prefill(self, rec, tokens):
+    del rec
+    batch, length = tokens.shape
+    outputs = jnp.broadcast_to(self._outputs(jnp.arange(length)), (batch, length, 256))
+    return outputs, jnp.asarray(length, jnp.int32)
+
+
+def stereo_config(strategy, sample_len=48):
+  config = runpy.run_path(str(_ROOT / "configs" / "stereo_temporal.py"))["get_config"]("tiny")
+  config.dataset.interleaving_strategy = strategy
+  config.dataset.sample_len = sample_len
+  return config
+
+
+@pytest.mark.parametrize("strategy", ["temporal", "blocking", "blocking-5"])
+def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
+  frames = 48
+  config = stereo_config(strategy, frames)
+  model = ChannelStub(frames, strategy)
+  result = sample.generate_clips(model, config, num_samples=3, batch_size=2, num_frames=frames,
+                                 show_progress=False, chunk_tokens=40)
+  assert result["tokens"].shape == (3, 2 * frames)
+  records = sample.write_outputs(str(tmp_path), result, config, spectrograms=True,
+                                 metadata={"strategy": strategy})
+  for record in records:
+    audio, rate = sf.read(tmp_path / record["file"], dtype="float32")
+    assert rate == config.dataset.sample_rate
+    assert audio.shape == (frames, 2)
+    assert np.all(np.abs(audio[:, 0]) > 0.3), "left channel should be loud"
+    assert np.all(np.abs(audio[:, 1]) < 0.01), "right channel should be silent"
+    assert (tmp_path / record["spectrogram"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  saved = json.loads((tmp_path / "samples.json").read_text())
+  likelihoods = [r["log_likelihood"] for r in saved["samples"]]
+  assert likelihoods == sorted(likelihoods, reverse=True)
+  assert sorted(r["file"] for r in saved["samples"]) == [f"sample_{i:03d}.wav" for i in range(3)]
+
+
+def _write_stereo_prompt(path, frames, rate):
+  t = np.arange(frames) / rate
+  audio = np.stack([0.8 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 97 * t)], -1)
+  sf.write(path, audio.astype(np.float32), rate, subtype="FLOAT")
+  return audio
+
+
+@pytest.mark.parametrize("strategy,usable_tokens", [("temporal", 20), ("blocking-4", 18),
+                                                    ("blocking", 10)])
+def test_prompt_tokens_are_a_prefix_of_the_full_stream(tmp_path, strategy, usable_tokens):
+  # 10 prompt frames: temporal uses all 20 samples; blocking-4 the blocks [0, 8) and the left
+  # samples of frames 8, 9 (their right samples come after left frames 10, 11); blocking only
+  # the left channel.
+  config = stereo_config(strategy)
+  rate = config.dataset.sample_rate
+  prompt_audio = _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
+  loaded = sample.load_prompt(str(tmp_path / "prompt.wav"), config, seconds=10 / rate)
+  assert loaded.shape == (10, 2)
+  tokens = sample.prompt_tokens(loaded, config, total_frames=48)
+  assert tokens.shape == (usable_tokens,)
+  # They are exactly the first tokens of a 48-frame clip that starts with the prompt.
+  # The rest of the clip spans the prompt's range, so the clip's joint min-max scaling (hence its
+  # quantisation) is the prompt's own.
+  clip = np.concatenate([prompt_audio, np.zeros((38, 2))]).astype(np.float32)
+  clip[10:, 0] = prompt_audio.min()
+  clip[10:, 1] = prompt_audio.max()
+  full = pipeline.encode_clip(clip, config.dataset)
+  np.testing.assert_array_equal(tokens, full[:usable_tokens])
+
+
+def test_prompted_generation_continues_the_prompt(tmp_path):
+  frames, strategy = 48, "temporal"
+  config = stereo_config(strategy, frames)
+  rate = config.dataset.sample_rate
+  _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
+  prompt = sample.prompt_tokens(
+      sample.load_prompt(str(tmp_path / "prompt.wav"), config, 10 / rate), config, frames)
+  result = sample.generate_clips(ChannelStub(frames, strategy), config, num_samples=2,
+                                 batch_size=2, num_frames=frames, prompt=prompt,
+                                 show_progress=False)
+  np.testing.assert_array_equal(result["tokens"][:, :20], np.broadcast_to(prompt, (2, 20)))
+  assert np.all(result["tokens"][:, 20::2] == _LOUD)
+  assert np.all(result["tokens"][:, 21::2] == quantize.zero_token(8))
+
+
+def test_wrong_channel_prompt_is_a_clear_error(tmp_path):
+  config = stereo_config("temporal")
+  sf.write(tmp_path / "mono.wav", np.zeros(100, np.float32), config.dataset.sample_rate)
+  with pytest.raises(ValueError, match=r"--prompt .*mono\.wav.*mono but the config is stereo"):
+    sample.load_prompt(str(tmp_path / "mono.wav"), config, 0.001)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  # The real command line: one line naming the problem, non-zero exit, no traceback.
+  done = subprocess.run([sys.executable, str(_ROOT / "sample.py"), f"--workdir={tmp_path}"],
+                        capture_output=True, text=True, cwd=_ROOT, timeout=120, check=False)
+  assert done.returncode != 0
+  assert "No checkpoints" in done.stderr
+  assert "Traceback" not in done.stderr
+
+
+def test_summary_samples_for_tensorboard():
+  frames = 24
+  config = stereo_config("blocking", frames)
+  summary = audio_summaries.summary_samples(ChannelStub(frames, "blocking"), config,
+                                            jax.random.key(0), num_samples=2, num_frames=frames)
+  assert summary["sample_rate"] == config.dataset.sample_rate
+  assert len(summary["audio"]) == 2 and summary["audio"][0].shape == (frames, 2)
+  assert np.all(np.abs(summary["audio"][1][:, 1]) < 0.01)
+  image = summary["spectrograms"][0]
+  assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+  assert image.std() > 0  # not a blank picture
+  assert np.all(np.isfinite(summary["bits_per_token"]))

@@ -1,0 +1,132 @@
+"""Tests for the compiled sampler (sashimi_jax.sampling) on tiny random models."""
+
+import pathlib
+import runpy
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sashimi_jax import heads
+from sashimi_jax import sampling
+from sashimi_jax.models import build_model
+
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny_config(*, head="categorical", stereo=False, strategy="temporal", sample_len=32):
+  """The mono/stereo preset shrunk to a model that compiles in seconds (one pooling level, so
+  the recurrent step still runs its `lax.cond` between levels)."""
+  name = "stereo_temporal.py" if stereo else "mono.py"
+  config = runpy.run_path(str(_CONFIGS / name))["get_config"]("tiny")
+  config.dataset.sample_len = sample_len
+  config.dataset.interleaving_strategy = strategy
+  config.model.update(d_model=8, n_layers=1, pool=[2], expand=2, ff=2, d_state=4,
+                      layer="s4d", init="diag-lin", output_head=head, n_mixtures=3)
+  return config
+
+
+@pytest.fixture(scope="module")
+def mono_model():
+  return build_model(tiny_config(), nnx.Rngs(0))
+
+
+@jax.jit
+def _conv(model, tokens):
+  """Convolution-mode outputs (B, T, D), compiled once per shape."""
+  return model(tokens)
+
+
+@pytest.fixture(scope="module")
+def samples(mono_model):
+  """Two 32-token samples from scratch (shared: every distinct call shape costs a compile)."""
+  return sampling.generate(mono_model, jax.random.key(7), batch_size=2, num_tokens=32)
+
+
+def test_fixed_seed_same_samples_across_runs_batches_and_chunking(mono_model, samples):
+  key = jax.random.key(7)
+  chex.assert_shape(samples["tokens"], (2, 32))
+  again = sampling.generate(mono_model, key, batch_size=2, num_tokens=32)
+  np.testing.assert_array_equal(samples["tokens"], again["tokens"])
+  # Sample i depends on (key, i) only: generate it alone, at its global index.
+  alone = sampling.generate(mono_model, key, batch_size=1, num_tokens=32, first_sample_index=1)
+  np.testing.assert_array_equal(alone["tokens"][0], samples["tokens"][1])
+  np.testing.assert_allclose(alone["log_likelihood"][0], samples["log_likelihood"][1],
+                             rtol=1e-5)
+  # Different samples differ, and a different key gives different samples.
+  assert not np.array_equal(samples["tokens"][0], samples["tokens"][1])
+  other = sampling.generate(mono_model, jax.random.key(8), batch_size=2, num_tokens=32)
+  assert not np.array_equal(other["tokens"], samples["tokens"])
+  # The chunked (progress) path runs the same step on a donated state: identical tokens.
+  seen = []
+  chunked = sampling.generate(mono_model, key, batch_size=2, num_tokens=32, chunk_tokens=16,
+                              progress=seen.append)
+  np.testing.assert_array_equal(chunked["tokens"], samples["tokens"])
+  np.testing.assert_allclose(chunked["log_likelihood"], samples["log_likelihood"], rtol=1e-5)
+  assert seen == [16, 32]
+
+
+def test_teacher_forced_recurrent_outputs_equal_convolution(mono_model):
+  targets = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)
+  conv = _conv(mono_model, sampling.shift_right(targets, 8))
+  recurrent = sampling.teacher_forced_outputs(mono_model, targets)
+  chex.assert_shape(recurrent, (2, 32, 256))
+  assert sampling.relative_difference(conv, recurrent) < 1e-5
+
+
+def test_log_likelihood_and_entropy_match_convolution_mode(mono_model, samples):
+  out = samples
+  logp = jax.nn.log_softmax(_conv(mono_model, sampling.shift_right(out["tokens"], 8)), -1)
+  expected = jnp.take_along_axis(logp, out["tokens"][..., None], -1)[..., 0].sum(-1)
+  np.testing.assert_allclose(out["log_likelihood"], expected, rtol=1e-4)
+  entropy = -(jnp.exp(logp) * logp).sum(-1).mean(-1)
+  np.testing.assert_allclose(out["mean_entropy"], entropy, rtol=1e-4)
+
+
+def test_prompt_continuation_and_tiny_top_p_is_the_argmax_path(mono_model):
+  prompt = jax.random.randint(jax.random.key(2), (2, 11), 0, 256)
+  out = sampling.generate(mono_model, jax.random.key(0), batch_size=2, num_tokens=21,
+                          prompt=prompt, top_p=1e-6)
+  tokens = out["tokens"]
+  chex.assert_shape(tokens, (2, 32))
+  np.testing.assert_array_equal(tokens[:, :11], prompt)
+  # Greedy: every new token is the argmax of the convolution-mode output at its position, the
+  # first one computed from the zero token and the whole prompt.
+  conv = _conv(mono_model, sampling.shift_right(tokens, 8))
+  np.testing.assert_array_equal(tokens[:, 11:], jnp.argmax(conv[:, 11:], -1))
+  np.testing.assert_allclose(out["log_likelihood"], 0.0, atol=1e-5)
+  # Greedy decoding does not depend on the key.
+  other = sampling.generate(mono_model, jax.random.key(5), batch_size=2, num_tokens=21,
+                            prompt=prompt, top_p=1e-6)
+  np.testing.assert_array_equal(other["tokens"], tokens)
+
+
+def test_dml_model_samples_from_its_mixture():
+  config = tiny_config(head="dml")
+  model = build_model(config, nnx.Rngs(1))
+  assert model.output_dim == 9
+  out = sampling.generate(model, jax.random.key(0), batch_size=2, num_tokens=32)
+  tokens = out["tokens"]
+  assert tokens.min() >= 0 and tokens.max() < 256
+  outputs = _conv(model, sampling.shift_right(tokens, 8))
+  nll = heads.token_nll(outputs, tokens, head="dml", bits=8, n_mixtures=3)
+  np.testing.assert_allclose(out["log_likelihood"], -nll.sum(-1), rtol=1e-4)
+
+
+def test_head_spec_inference_and_bad_arguments(mono_model):
+  spec = sampling.head_spec(mono_model)
+  assert (spec.head, spec.bits, spec.zero_token) == ("categorical", 8, 128)
+  with pytest.raises(ValueError, match="needs 30 outputs"):
+    sampling.head_spec(mono_model, head="dml", n_mixtures=10)
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="prompt must be int tokens"):
+    sampling.generate(mono_model, key, batch_size=2, num_tokens=4, prompt=jnp.zeros((3, 4),
+                                                                                   jnp.int32))
+  with pytest.raises(ValueError, match=r"prompt tokens must lie in \[0, 256\)"):
+    sampling.generate(mono_model, key, batch_size=1, num_tokens=4,
+                      prompt=jnp.full((1, 4), 300, jnp.int32))
+  with pytest.raises(ValueError, match="temperature"):
+    sampling.generate(mono_model, key, batch_size=1, num_tokens=4, temperature=0.0)
