@@ -17,6 +17,7 @@ from flax import nnx
 
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
+from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import fftconv
 from sashimi_jax.models.ssm import init as ssm_init
 from sashimi_jax.models.ssm import s4d
@@ -80,41 +81,55 @@ class SSMKernel(nnx.Module):
     self.C = nnx.Param(C)
 
   def _ssm_args(self):
-    return (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...], self.C[...])
+    """(log_dt, log_A_real, A_imag, B[, P]) arrays, then C."""
+    args = (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...])
+    if self.layer == "s4":
+      args += (self.P[...],)
+    return args + (self.C[...],)
 
   def __call__(self, length: int) -> jax.Array:
-    """Convolution kernel (H, length) float32."""
+    """Convolution kernel (H, length) float32.
+
+    S4D: any length. S4 (DPLR): C~ ties the kernel to l_max, so length <= l_max
+    and the l_max-long kernel is truncated (as the reference does).
+    """
     if self.layer == "s4d":
       return s4d.s4d_kernel(*self._ssm_args(), length=length, disc=self.disc)
-    raise ValueError("layer 's4' kernel is not available yet")
+    if length > self.l_max:
+      raise ValueError(f"S4 (DPLR) layer built for l_max={self.l_max} got a sequence of "
+                       f"length {length}; its C~ parameterisation fixes the kernel length")
+    return dplr.dplr_kernel(*self._ssm_args(), length=self.l_max)[:, :length]
 
   def _c_tilde_from_c(self, C):
-    raise ValueError("layer 's4' is not available yet")
+    args = (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...], self.P[...])
+    # One compiled call instead of ~2 log2(l_max) eager matmuls when built eagerly.
+    c_tilde = jax.jit(dplr.c_tilde_from_c, static_argnames="length")
+    return c_tilde(*args, C, length=self.l_max)
 
   def setup_recurrence(self) -> dict:
-    """Discretised step matrices (a pytree of float32 arrays)."""
+    """Discretised step matrices (a pytree of float32 arrays); call once, outside loops."""
     if self.layer == "s4d":
       return s4d.s4d_recurrence(*self._ssm_args(), disc=self.disc)
-    raise ValueError("layer 's4' recurrence is not available yet")
+    return dplr.dplr_recurrence(*self._ssm_args(), length=self.l_max)
 
   def init_state(self, batch_size: int) -> jax.Array:
-    """Zero state of fixed shape: S4D (B, H, N/2, 2) float32."""
+    """Zero state of fixed shape: S4D (B, H, N/2, 2), S4 (B, H, N) float32."""
     num_channels, num_modes = self.C.shape[0], self.C.shape[1]
     if self.layer == "s4d":
       return s4d.s4d_init_state(batch_size, num_channels, num_modes)
-    raise ValueError("layer 's4' state is not available yet")
+    return dplr.dplr_init_state(batch_size, num_channels, 2 * num_modes)
 
   def step(self, rec: dict, state: jax.Array, u: jax.Array):
     """u (B, H) -> (y (B, H), state)."""
     if self.layer == "s4d":
       return s4d.s4d_step(rec, state, u)
-    raise ValueError("layer 's4' step is not available yet")
+    return dplr.dplr_step(rec, state, u)
 
   def prefill_state(self, rec: dict, u: jax.Array) -> jax.Array:
     """State after consuming u (B, L, H) from the zero state."""
     if self.layer == "s4d":
       return s4d.s4d_prefill_state(rec, u)
-    raise ValueError("layer 's4' prefill is not available yet")
+    return dplr.dplr_prefill_state(rec, u)
 
 
 class S4Block(nnx.Module):

@@ -1,0 +1,181 @@
+"""DPLR (S4) kernels and exact recurrences as pure functions.
+
+Parameters (explicit arrays, float32; complex as (..., 2) pairs):
+  log_dt (H,), log_A_real (S, N2) = log(-Re Lambda), A_imag (S, N2), B (S, N2, 2),
+  P (1, S, N2, 2), C (H, N2, 2).
+The continuous state matrix is A = diag(Lambda) - P P^* on the conjugate-symmetric
+state [s, conj(s)] (N = 2 N2). Discretisation is bilinear. The stored C is the
+reference's C~ = C (I - A_bar^L) for the layer's training length L, which turns
+the truncated generating function into a rational function that the Cauchy
+kernel evaluates at the L-th roots of unity.
+
+Recurrent form: real coordinates x = [Re s, Im s] (N,), in which
+  A_r = blocks(Lambda) - 2 p p^T,  p = [Re P, Im P],  B_r = [Re B, Im B],
+  y = c^T x with c = [2 Re C, -2 Im C]  (= 2 Re(C s)).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sashimi_jax.models.ssm import cauchy
+from sashimi_jax.models.ssm import complex_pairs
+from sashimi_jax.models.ssm import s4d
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def continuous_params(log_dt, log_A_real, A_imag, B, P):
+  """-> dt (H, 1) float32; Lambda, B, P (H, N2) complex64 (rank 1)."""
+  if P.ndim != 4 or P.shape[0] != 1:
+    raise ValueError(f"only rank-1 DPLR is supported: P must be (1, S, N2, 2), got {P.shape}")
+  num_channels = log_dt.shape[0]
+  A = s4d.tile_ssm(jax.lax.complex(-jnp.exp(log_A_real), A_imag), num_channels)
+  B = s4d.tile_ssm(complex_pairs.to_complex(B), num_channels)
+  P = s4d.tile_ssm(complex_pairs.to_complex(P[0]), num_channels)
+  return jnp.exp(log_dt)[:, None], A, B, P
+
+
+def dplr_kernel(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> jax.Array:
+  """Convolution kernel of length L (the C~ length): (H, L) float32.
+
+  K_l = C A_bar^l B_bar for l < L, with C = C~ (I - A_bar^L)^{-1}.
+  """
+  dt, A, B, P = continuous_params(log_dt, log_A_real, A_imag, B, P)
+  C = complex_pairs.to_complex(C)
+  Q = jnp.conj(P)
+  w = A * dt
+  # Numerators v = b c dt for b in (B, P), c in (C~, Q): order BC, BQ, PC, PQ.
+  v = jnp.stack([B * C, B * Q, P * C, P * Q]) * dt[None]
+  rho = cauchy.cauchy_rho(v, w, length)  # r / (1 + omega)
+  _, b = cauchy.roots_of_unity_nodes(length)
+  one_plus_omega = jnp.asarray(b, jnp.complex64)
+  # Woodbury for the rank-1 term, then the bilinear factor 2 / (1 + omega).
+  k_f = 2.0 * (rho[0] - rho[1] * one_plus_omega * rho[2] / (1.0 + one_plus_omega * rho[3]))
+  return jnp.fft.irfft(k_f, n=length, axis=-1).astype(jnp.float32)
+
+
+def _blocks(z):
+  """(H, N2) complex -> (H, N, N) real matrix of multiplication by z in [Re, Im] coordinates."""
+  re, im = jnp.real(z), jnp.imag(z)
+  dr, di = jax.vmap(jnp.diag)(re), jax.vmap(jnp.diag)(im)
+  return jnp.concatenate([jnp.concatenate([dr, -di], -1), jnp.concatenate([di, dr], -1)], -2)
+
+
+def _realvec(z):
+  return jnp.concatenate([jnp.real(z), jnp.imag(z)], axis=-1)
+
+
+def dense_discretization(log_dt, log_A_real, A_imag, B, P):
+  """Bilinear (A_bar (H, N, N), B_bar (H, N)) float32 in real coordinates.
+
+  M = 2/dt - A_r = blocks(d^{-1}) + 2 p p^T with d = 1 / (2/dt - Lambda) is inverted
+  exactly by Sherman-Morrison; then A_bar = M^{-1} (2/dt + A_r) = (4/dt) M^{-1} - I and
+  B_bar = 2 M^{-1} B_r.
+  """
+  dt, Lam, B, P = continuous_params(log_dt, log_A_real, A_imag, B, P)
+  d = 1.0 / (2.0 / dt - Lam)  # (H, N2)
+  u = _realvec(d * P)  # M0^{-1} p
+  v = _realvec(jnp.conj(d) * P)  # M0^{-T} p
+  denom = 1.0 + 2.0 * jnp.sum(jnp.abs(P) ** 2 * jnp.real(d), axis=-1)  # 1 + 2 p^T M0^{-1} p
+  m_inv = _blocks(d) - 2.0 * u[:, :, None] * v[:, None, :] / denom[:, None, None]
+  num_state = m_inv.shape[-1]
+  A_bar = (4.0 / dt)[..., None] * m_inv - jnp.eye(num_state, dtype=jnp.float32)
+  B_bar = 2.0 * jnp.einsum("hmn,hn->hm", m_inv, _realvec(B), precision=_HIGHEST)
+  return A_bar, B_bar
+
+
+def matrix_power(A: jax.Array, exponent: int) -> jax.Array:
+  """A^exponent for (H, N, N) A by repeated squaring; exponent is a static int >= 0."""
+  result = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
+  base = A
+  e = int(exponent)
+  while e:
+    if e & 1:
+      result = jnp.matmul(result, base, precision=_HIGHEST)
+    e >>= 1
+    if e:
+      base = jnp.matmul(base, base, precision=_HIGHEST)
+  return result
+
+
+def c_to_real(C: jax.Array) -> jax.Array:
+  """(H, N2, 2) pairs -> (H, N) real output row with y = c^T x = 2 Re(C s)."""
+  return jnp.concatenate([2.0 * C[..., 0], -2.0 * C[..., 1]], axis=-1)
+
+
+def c_from_real(c: jax.Array) -> jax.Array:
+  """Inverse of c_to_real: (H, N) -> (H, N2, 2) pairs."""
+  n2 = c.shape[-1] // 2
+  return jnp.stack([0.5 * c[..., :n2], -0.5 * c[..., n2:]], axis=-1)
+
+
+def c_tilde_from_c(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> jax.Array:
+  """C~ = C (I - A_bar^L) as (H, N2, 2) pairs (used once, at initialisation)."""
+  A_bar, _ = dense_discretization(log_dt, log_A_real, A_imag, B, P)
+  A_pow = matrix_power(A_bar, length)
+  c = c_to_real(C)
+  return c_from_real(c - jnp.einsum("hn,hnm->hm", c, A_pow, precision=_HIGHEST))
+
+
+def dplr_recurrence(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> dict:
+  """Dense real step matrices, recovering C = C~ (I - A_bar^L)^{-1} exactly (one solve).
+
+  Returns:
+    {"A_bar": (H, N, N), "B_bar": (H, N), "C": (H, N)} float32.
+  """
+  A_bar, B_bar = dense_discretization(log_dt, log_A_real, A_imag, B, P)
+  A_pow = matrix_power(A_bar, length)
+  eye = jnp.eye(A_bar.shape[-1], dtype=jnp.float32)
+  # c^T (I - A^L) = c~^T  <=>  (I - A^L)^T c = c~.
+  c = jnp.linalg.solve(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C)[..., None])[..., 0]
+  return {"A_bar": A_bar, "B_bar": B_bar, "C": c}
+
+
+def dplr_init_state(batch_size: int, num_channels: int, num_state: int) -> jax.Array:
+  """Zero real state (B, H, N) float32."""
+  return jnp.zeros((batch_size, num_channels, num_state), jnp.float32)
+
+
+def dplr_step(rec: dict, state: jax.Array, u: jax.Array):
+  """x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k. state (B, H, N), u (B, H) -> (y, state)."""
+  new = jnp.einsum("hmn,bhn->bhm", rec["A_bar"], state, precision=_HIGHEST)
+  new = new + rec["B_bar"][None] * u[..., None].astype(jnp.float32)
+  y = jnp.einsum("hn,bhn->bh", rec["C"], new, precision=_HIGHEST)
+  return y, new
+
+
+def _krylov(A_bar, B_bar, size):
+  """[A^j B for j < size] as (H, N, size), by doubling."""
+  cols = B_bar[..., None]
+  power = A_bar
+  while cols.shape[-1] < size:
+    cols = jnp.concatenate([cols, jnp.matmul(power, cols, precision=_HIGHEST)], axis=-1)
+    power = jnp.matmul(power, power, precision=_HIGHEST)
+  return cols[..., :size]
+
+
+def dplr_prefill_state(rec: dict, u: jax.Array) -> jax.Array:
+  """State after consuming u (B, L, H) from zero: sum_l A_bar^(L-1-l) B_bar u_l.
+
+  Chunks of c ~ sqrt(L) inputs are folded in by one matmul with the Krylov block
+  [A^(c-1) B, ..., B]; the chunks are then combined by Horner's rule with A^c
+  (a scan of about sqrt(L) dense steps). Exact up to float32 rounding.
+
+  Returns:
+    (B, H, N) float32.
+  """
+  batch, length, channels = u.shape
+  A_bar, B_bar = rec["A_bar"], rec["B_bar"]
+  c = max(1, int(round(length ** 0.5)))
+  num_chunks = -(-length // c)
+  u = jnp.pad(u.astype(jnp.float32), ((0, 0), (num_chunks * c - length, 0), (0, 0)))
+  u = u.reshape(batch, num_chunks, c, channels)
+  k_rev = jnp.flip(_krylov(A_bar, B_bar, c), axis=-1)  # [:, :, j] = A^(c-1-j) B
+  contrib = jnp.einsum("hnj,bmjh->mbhn", k_rev, u, precision=_HIGHEST)  # (M, B, H, N)
+  A_c = matrix_power(A_bar, c)
+
+  def horner(state, v):
+    return jnp.einsum("hmn,bhn->bhm", A_c, state, precision=_HIGHEST) + v, None
+
+  state, _ = jax.lax.scan(horner, jnp.zeros_like(contrib[0]), contrib)
+  return state
