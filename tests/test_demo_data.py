@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import pathlib
+import re
 
 import chex
 import numpy as np
@@ -144,3 +145,44 @@ def test_trim_and_normalize():
     script.trim_and_normalize(np.zeros((10, 2)))
   with pytest.raises(ValueError, match="stereo"):
     script.trim_and_normalize(np.ones((10, 1)))
+
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern:
+  """A .dockerignore pattern as a regex over slash-separated relative paths (`**` spans dirs)."""
+  out, i = "", 0
+  pattern = pattern.strip("/")
+  while i < len(pattern):
+    if pattern.startswith("**/", i):
+      out, i = out + "(?:.*/)?", i + 3
+    elif pattern.startswith("**", i):
+      out, i = out + ".*", i + 2
+    elif pattern[i] == "*":
+      out, i = out + "[^/]*", i + 1
+    elif pattern[i] == "?":
+      out, i = out + "[^/]", i + 1
+    else:
+      out, i = out + re.escape(pattern[i]), i + 1
+  return re.compile(out)
+
+
+def test_docker_build_context_keeps_demo_data():
+  """The image installs the package from the build context, so .dockerignore must keep the FLACs."""
+  repo = SCRIPT_PATH.parent.parent
+  patterns = [dockerignore_regex(line.strip())
+              for line in (repo / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+
+  def ignored(relative_path: str) -> bool:
+    # A pattern that matches a directory excludes everything under it.
+    parts = relative_path.split("/")
+    return any(p.fullmatch("/".join(parts[:i]))
+               for p in patterns for i in range(1, len(parts) + 1))
+
+  for name in file_names() + ["manifest.json", "README.md"]:
+    assert not ignored(f"sashimi_jax/demo_data/{name}"), name
+  for path in ("setup.py", "launch.py", "configs/default.py", "sashimi_jax/__init__.py"):
+    assert not ignored(path), path
+  for path in (".git/HEAD", "runs/demo/ckpt", ".venv/bin/python", "sashimi_jax/__pycache__/x.pyc",
+               "__pycache__/y.pyc"):
+    assert ignored(path), path
