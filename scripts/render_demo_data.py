@@ -372,9 +372,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--verify", action="store_true",
                       help="render to a temporary dir and compare sha256 with the manifest")
   args = parser.parse_args(argv)
-  for tool in ("fluidsynth",):
-    if shutil.which(tool) is None:
-      raise FileNotFoundError(f"`{tool}` is not on PATH (apt-get install fluidsynth)")
+  if shutil.which("fluidsynth") is None:
+    raise FileNotFoundError("`fluidsynth` is not on PATH (apt-get install fluidsynth)")
   if not os.path.exists(SOUNDFONT_PATH):
     raise FileNotFoundError(f"{SOUNDFONT_PATH} not found (apt-get install fluid-soundfont-gm)")
 
