@@ -126,7 +126,7 @@ def test_only_params_and_kernel_group(layer):
 
 
 def test_init_values():
-  block = _block("s4d", d_model=256, l_max=16, d_state=16)
+  block = _block("s4d", l_max=16, d_state=64)
   dt = np.exp(np.asarray(block.kernel.log_dt[...]))
   assert 1e-3 * 0.999 <= dt.min() and dt.max() <= 1e-1 * 1.001 and dt.std() > 0
   np.testing.assert_allclose(np.exp(block.kernel.log_A_real[...]), 0.5, rtol=1e-6)
@@ -135,8 +135,8 @@ def test_init_values():
 
 
 def test_dropout_needs_rngs_and_is_identity_when_deterministic():
-  block = _block("s4d", l_max=32, dropout=0.5)
-  x = _input((2, 32, 16))
+  block = _block("s4d", l_max=64, dropout=0.5)
+  x = _input((2, 64, 16))
 
   @nnx.jit
   def train_mode(block, x, rngs):
@@ -162,3 +162,14 @@ def test_bad_arguments():
     s4.S4Block(16, l_max=8, layer="s4d", init="legs", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="shape"):
     jax.eval_shape(lambda x: _block("s4d", l_max=8)(x), jnp.zeros((2, 8, 5)))
+
+
+@pytest.mark.parametrize("layer", ["s4d", "s4"])
+def test_gradients_are_finite_and_reach_every_param(layer):
+  block = _block(layer, l_max=64, n_ssm=2)
+  graphdef, params = nnx.split(block)
+  x = _input((2, 64, 16))
+  loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(x) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  chex.assert_tree_all_finite(grads)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))

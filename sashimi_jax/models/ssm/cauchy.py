@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-DEFAULT_CHUNK = 512
+DEFAULT_CHUNK = 128  # Measured fastest on CPU (fits in cache); 512: 2.5x slower.
 
 
 def roots_of_unity_nodes(length: int):
@@ -53,7 +53,8 @@ def cauchy_rho(v: jax.Array, w: jax.Array, length: int, chunk: int = DEFAULT_CHU
   a = jnp.asarray(a, jnp.complex64)
   b = jnp.asarray(b, jnp.complex64)
   num_v = v.shape[0]
-  lhs = jnp.concatenate([jnp.real(v), jnp.real(v * jnp.conj(w)[None])], axis=0)  # (2M, H, N2)
+  lhs = jnp.concatenate([jnp.real(v), jnp.real(v * jnp.conj(w)[None])], axis=0)
+  lhs = jnp.swapaxes(lhs, 0, 1)  # (H, 2M, N2): batch axis first makes a fast batched matmul.
   w_c = jnp.conj(w)
 
   @jax.checkpoint
@@ -62,10 +63,10 @@ def cauchy_rho(v: jax.Array, w: jax.Array, length: int, chunk: int = DEFAULT_CHU
     den = (a_k - w[..., None] * b_k) * (a_k - w_c[..., None] * b_k)  # (H, N2, chunk)
     d = 1.0 / den
     d_pairs = jnp.concatenate([jnp.real(d), jnp.imag(d)], axis=-1)  # (H, N2, 2 chunk)
-    s = jnp.einsum("mhn,hnk->mhk", lhs, d_pairs, precision=_HIGHEST)
-    s = jax.lax.complex(s[..., :chunk], s[..., chunk:])  # (2M, H, chunk)
-    return 2.0 * a_k * s[:num_v] - 2.0 * b_k * s[num_v:]
+    s = jnp.einsum("hmn,hnk->hmk", lhs, d_pairs, precision=_HIGHEST)
+    s = jax.lax.complex(s[..., :chunk], s[..., chunk:])  # (H, 2M, chunk)
+    return 2.0 * a_k * s[:, :num_v] - 2.0 * b_k * s[:, num_v:]
 
-  rho = jax.lax.map(one_chunk, (a, b))  # (num_chunks, M, H, chunk)
-  rho = jnp.moveaxis(rho, 0, 2).reshape(num_v, w.shape[0], num_chunks * chunk)
+  rho = jax.lax.map(one_chunk, (a, b))  # (num_chunks, H, M, chunk)
+  rho = jnp.transpose(rho, (2, 1, 0, 3)).reshape(num_v, w.shape[0], num_chunks * chunk)
   return rho[..., :num_nodes]
