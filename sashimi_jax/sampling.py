@@ -2,14 +2,15 @@
 
 The token stream always starts with the zero token, exactly as in training (`x[0] =
 zero_token(bits)`, `x = y` shifted right by one). With a prompt `y[:P]`, the model consumes
-`[zero, y0, .., y(P-1)]` in convolution mode (`model.prefill`) and the first new token is sampled
-from the output after the last prompt token; without one, the first new token is sampled from
-the output after the zero token. Every later token is produced by one `model.step` inside a
-`jax.lax.scan`, whose carry holds the recurrent state, the last sampled token and one PRNG key per
-sample.
+`[zero, y0, .., y(P-2)]` in convolution mode (`model.prefill`) and the scan's first step feeds
+`y(P-1)`, so the first new token is sampled from the output after the last prompt token; without
+a prompt the first step feeds the zero token. Each scan step is one `model.step` plus one
+inverse-CDF draw; the carry holds the recurrent state, the token to feed next, one PRNG key per
+sample and running log-likelihood/entropy sums.
 
-Sample `i` of a call draws its randomness from `fold_in(key, first_sample_index + i)` only, so a
-sample never depends on the batch size it was generated in.
+Sample `i` of a call draws its randomness from `fold_in(key, first_sample_index + i)` only (new
+token `t` uses `uniform(fold_in(that key, t))`, drawn in bulk before the scan), so a sample never
+depends on the batch size it was generated in, nor on the chunking.
 
 `generate` compiles ONE function (graphdef static, params an argument) for the whole run.
 `generate(..., chunk_tokens=n, progress=fn)` instead compiles a prologue and a scan over `n`
@@ -83,23 +84,29 @@ class _Settings:
   unroll: int
 
 
-def _sample_rows(settings: _Settings, keys: jax.Array, outputs: jax.Array):
-  """One token per row with that row's own key: keys (B,), outputs (B, D) -> 3 x (B,)."""
+def _sample_rows(settings: _Settings, uniform: jax.Array, outputs: jax.Array):
+  """One token per row by inverse CDF: uniform (B,), outputs (B, D) -> 3 x (B,)."""
   spec = settings.spec
-
-  def one(key, row):
-    tokens, logp, entropy = heads.sample_tokens(
-        key, row[None], head=spec.head, bits=spec.bits, n_mixtures=spec.n_mixtures,
-        temperature=settings.temperature, top_p=settings.top_p)
-    return tokens[0], logp[0], entropy[0]
-
-  return jax.vmap(one)(keys, outputs)
+  return heads.sample_tokens_from_uniform(
+      uniform, outputs, head=spec.head, bits=spec.bits, n_mixtures=spec.n_mixtures,
+      temperature=settings.temperature, top_p=settings.top_p)
 
 
-def _split_rows(keys: jax.Array):
-  """keys (B,) -> (next keys (B,), keys to use now (B,))."""
-  pairs = jax.vmap(jax.random.split)(keys)
-  return pairs[:, 0], pairs[:, 1]
+def _uniforms(row_keys: jax.Array, first_token, num_steps: int) -> jax.Array:
+  """The random numbers of new tokens [first_token, first_token + num_steps) of every row.
+
+  Token t of row i uses `uniform(fold_in(row_keys[i], t))`, whatever the chunking, so the
+  chunked and one-shot paths agree. Drawn in bulk, off the scan's sequential path.
+
+  Returns:
+    (num_steps, B) float32 in [0, 1).
+  """
+  steps = first_token + jnp.arange(num_steps, dtype=jnp.int32)
+
+  def row(key):
+    return jax.vmap(lambda t: jax.random.uniform(jax.random.fold_in(key, t), ()))(steps)
+
+  return jax.vmap(row, out_axes=1)(row_keys)
 
 
 def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
@@ -110,11 +117,12 @@ def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
   is then sampled inside the scan, so the step is compiled once.
 
   Returns:
-    rec, carry = (state, token (B,), keys (B,), log_likelihood (B,), entropy_sum (B,)).
+    rec, carry = (state, token (B,), row keys (B,), log_likelihood (B,), entropy_sum (B,),
+    new tokens so far ()).
   """
   batch = settings.batch_size
   rec = model.setup_recurrence()
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+  row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
       first_sample_index + jnp.arange(batch, dtype=jnp.int32))
   zero = jnp.full((batch, 1), settings.spec.zero_token, jnp.int32)
   if prompt is None:
@@ -123,7 +131,7 @@ def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
     _, state = model.prefill(rec, jnp.concatenate([zero, prompt[:, :-1]], axis=1))
     token = prompt[:, -1]
   zeros = jnp.zeros((batch,), jnp.float32)
-  return rec, (state, token, keys, zeros, zeros)
+  return rec, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32))
 
 
 def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
@@ -132,15 +140,16 @@ def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
   Returns:
     (carry, tokens (B, num_steps) int32): the tokens sampled in these steps.
   """
+  row_keys, done = carry[2], carry[5]
+  uniforms = _uniforms(row_keys, done, num_steps)
 
-  def body(carry, _):
-    state, token, keys, loglik, entropy_sum = carry
+  def body(carry, uniform):
+    state, token, row_keys, loglik, entropy_sum, done = carry
     outputs, state = model.step(rec, state, token)
-    keys, now = _split_rows(keys)
-    token, logp, entropy = _sample_rows(settings, now, outputs)
-    return (state, token, keys, loglik + logp, entropy_sum + entropy), token
+    token, logp, entropy = _sample_rows(settings, uniform, outputs)
+    return (state, token, row_keys, loglik + logp, entropy_sum + entropy, done + 1), token
 
-  carry, tokens = jax.lax.scan(body, carry, None, length=num_steps, unroll=settings.unroll)
+  carry, tokens = jax.lax.scan(body, carry, uniforms, unroll=settings.unroll)
   return carry, tokens.T
 
 

@@ -170,3 +170,16 @@ def test_bad_arguments_give_clear_errors():
     heads.sample_tokens(jax.random.key(0), outputs, head="categorical", bits=4, temperature=0.0)
   with pytest.raises(ValueError, match="top_p"):
     heads.sample_tokens(jax.random.key(0), outputs, head="categorical", bits=4, top_p=0.0)
+
+
+@pytest.mark.parametrize("num_levels", [256, 512])
+def test_blocked_cumsum_matches_numpy(num_levels):
+  probs = jax.random.uniform(jax.random.key(0), (3, 2, num_levels))
+  np.testing.assert_allclose(heads._cumsum_levels(probs), np.cumsum(np.asarray(probs), -1),
+                             rtol=1e-5)
+
+
+def test_inverse_cdf_never_picks_zero_probability_levels():
+  probs = jnp.asarray([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]] * 2, jnp.float32)
+  uniform = jnp.asarray([0.0, 0.0, 0.9999999, 0.9999999], jnp.float32)
+  np.testing.assert_array_equal(heads._inverse_cdf(uniform, probs), [3, 2, 1, 2])
