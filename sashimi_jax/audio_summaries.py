@@ -111,9 +111,9 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
     num_frames: frames per clip (default: one second, at most `dataset.sample_len`).
 
   Returns:
-    dict(sample_rate=int, audio=list of float32 (frames, C) in [-1, 1],
-    spectrograms=list of uint8 (H, W, 3), log_likelihood=float32 (N,) nats per clip,
-    bits_per_token=float32 (N,) under the sampled distribution).
+    {"sample_<i>/audio": (float32 (frames, C) in [-1, 1], sample_rate),
+     "sample_<i>/spectrogram": uint8 (H, W, 3)} for every clip i; the values are what
+    `writer.write_audio` / `writer.write_image` take (train.py's `_write_samples`).
   """
   dataset = config.dataset
   sample_rate = int(dataset.sample_rate)
@@ -122,18 +122,15 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
   if num_frames is None:
     num_frames = min(int(dataset.sample_len), sample_rate)
   channels = 2 if dataset.is_stereo else 1
-  num_tokens = num_frames * channels
+  head = config.model.output_head
   out = sampling.generate(
-      model, key, batch_size=num_samples, num_tokens=num_tokens,
-      head=config.model.output_head, bits=int(dataset.bits),
-      n_mixtures=int(config.model.n_mixtures) if config.model.output_head == "dml" else 0)
+      model, key, batch_size=num_samples, num_tokens=num_frames * channels, head=head,
+      bits=int(dataset.bits), n_mixtures=int(config.model.n_mixtures) if head == "dml" else 0)
   audio = np.asarray(pipeline.decode_tokens(np.asarray(out["tokens"]), dataset), np.float32)
-  log_likelihood = np.asarray(out["log_likelihood"], np.float32)
-  return {
-      "sample_rate": sample_rate,
-      "audio": list(audio),
-      "spectrograms": [spectrogram_image(a, sample_rate, title=f"sample {i}")
-                       for i, a in enumerate(audio)],
-      "log_likelihood": log_likelihood,
-      "bits_per_token": -log_likelihood / (num_tokens * math.log(2.0)),
-  }
+  bits_per_token = -np.asarray(out["log_likelihood"]) / (num_frames * channels * math.log(2.0))
+  summaries = {}
+  for i, clip in enumerate(audio):
+    summaries[f"sample_{i}/audio"] = (clip, sample_rate)
+    summaries[f"sample_{i}/spectrogram"] = spectrogram_image(
+        clip, sample_rate, title=f"sample {i}: {bits_per_token[i]:.2f} bits/token")
+  return summaries
