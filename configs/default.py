@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.layer = "s4"  # s4 (DPLR) | s4d (diagonal).
   config.model.d_model = 64
   config.model.n_layers = 8  # residual blocks per U-Net stage.
-  config.model.pool = [4, 4]
+  config.model.pool = (4, 4)  # a tuple, so --config.model.pool="(2,)" can override it.
   config.model.expand = 2
   config.model.ff = 2
   config.model.unet = False

@@ -344,16 +344,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokens_per_step = int(config.train.batch_size) * config_lib.token_stream_length(config.dataset)
   num_steps = int(config.train.num_steps)
 
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+  latest = ckpt.latest_step()
+  if latest is not None:  # fail fast, before building anything.
+    checkpoint_lib.check_compatible(ckpt.saved_config(latest), config, workdir=workdir,
+                                    step=latest)
+
   graphdef, state, tx = init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   train_iter = pipeline.create_train_iterator(
       config.dataset, global_batch_size=int(config.train.batch_size), seed=int(config.seed))
-
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
-  latest = ckpt.latest_step()
   if latest is not None:
-    checkpoint_lib.check_compatible(ckpt.saved_config(latest), config, workdir=workdir,
-                                    step=latest)
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
     del state  # free the fresh initialisation before restoring.
@@ -383,20 +384,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, step_metrics = train_step(state, sharding_lib.global_batch(mesh, local_batch))
         step += 1
         interval_steps += 1
+        is_last = step == num_steps
+        log_now = step % int(config.train.log_every_steps) == 0 or is_last
+        if step == start_step + 1 and not log_now:  # compilation is not training throughput.
+          jax.block_until_ready(state["step"])
+          interval_start, interval_steps = time.monotonic(), 0
         pending.append(step_metrics)
         # Checked one step late, so the host never waits for the step it just dispatched.
         if previous_metrics is not None:
           _check_nonfinite(config, jax.device_get(previous_metrics), step - 1)
         previous_metrics = step_metrics
 
-        is_last = step == num_steps
-        if step % int(config.train.log_every_steps) == 0 or is_last:
+        if log_now:
           host = jax.device_get(pending)
           elapsed = time.monotonic() - interval_start
           finite = [m for m in host if m["finite"] > 0]
+          timed_steps = max(interval_steps, 1)
           scalars = {
-              "train/tokens_per_second": tokens_per_step * interval_steps / max(elapsed, 1e-9),
-              "train/seconds_per_step": elapsed / interval_steps,
+              "train/tokens_per_second": tokens_per_step * timed_steps / max(elapsed, 1e-9),
+              "train/seconds_per_step": elapsed / timed_steps,
               "train/learning_rate": float(host[-1]["learning_rate"]),
               "train/ssm_learning_rate": float(host[-1]["ssm_learning_rate"]),
               "train/nonfinite_skips": float(host[-1]["nonfinite_total"]),

@@ -1,0 +1,319 @@
+"""Training: optimizer groups and schedules, metrics, and end-to-end runs of launch.py.
+
+The end-to-end runs are subprocesses of `launch.py` on a very small stereo config; they share one
+persistent XLA compilation cache, so only the first compiles the train step. They check that
+SIGKILL mid-run followed by a resume reproduces the uninterrupted run's losses exactly, that
+SIGTERM saves a checkpoint and exits cleanly, and that non-finite losses are skipped, logged and
+stop the run after `train.max_consecutive_nonfinite` in a row.
+"""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from sashimi_jax import checkpoint as checkpoint_lib
+from sashimi_jax import metrics as metrics_lib
+from sashimi_jax import optim
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 12
+# A small stereo model on 64-token streams; constant schedule so that num_steps (changed between
+# runs below) does not enter the compiled step and the compilation cache is shared.
+SMALL_FLAGS = [
+    "--config=configs/stereo_temporal.py:tiny",
+    "--config.dataset.sample_len=32",
+    "--config.model.n_layers=1",
+    "--config.model.d_model=8",
+    "--config.model.pool=(2,)",
+    "--config.model.d_state=4",
+    "--config.model.ff=1",
+    "--config.train.batch_size=2",
+    "--config.train.schedule=constant",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every_steps=1",
+    "--config.train.eval_every_steps=1000",
+    "--config.train.eval_batches=1",
+    "--config.train.checkpoint_every_steps=4",
+]
+# Runs launch.py after patching sashimi_jax.sharding.global_batch: each training batch waits
+# DELAY seconds (so a signal can land mid-run) and the batches of POISON_CALLS get out-of-range
+# targets (a non-finite loss). Neither changes the compiled program.
+DRIVER = """
+import os, runpy, sys, time
+import numpy as np
+import sashimi_jax.sharding as sharding
+delay = float(os.environ.get("TEST_BATCH_DELAY_SECONDS", "0"))
+poison = {int(s) for s in os.environ.get("TEST_POISON_CALLS", "").split(",") if s}
+calls = [0]
+original = sharding.global_batch
+def global_batch(mesh, batch):
+  calls[0] += 1
+  if calls[0] in poison:
+    batch = dict(batch, y=np.full_like(batch["y"], 100000))
+  time.sleep(delay)
+  return original(mesh, batch)
+sharding.global_batch = global_batch
+sys.argv = ["launch.py"] + sys.argv[1:]
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer, schedules, metrics (no model).
+
+
+def _train_cfg(**overrides):
+  base = dict(learning_rate=4e-3, ssm_learning_rate=1e-3, weight_decay=0.1, warmup_steps=3,
+              num_steps=10, schedule="cosine", grad_clip_norm=1.0)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def _params():
+  return {
+      "embedding": {"embedding": jnp.ones((5, 3))},
+      "block": {"kernel": {"log_dt": jnp.full((4,), -3.0), "A_imag": jnp.ones((4, 2)),
+                           "C": jnp.ones((4, 2, 2))},
+                "output_linear": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))},
+                "norm": {"scale": jnp.ones((3,))}},
+  }
+
+
+def test_parameter_groups():
+  labels = optim.param_labels(_params())
+  assert labels["block"]["kernel"] == {"log_dt": "ssm", "A_imag": "ssm", "C": "decay"}
+  # A Linear's weight is also called "kernel", but as a leaf it is an ordinary weight.
+  assert labels["block"]["output_linear"] == {"kernel": "decay", "bias": "no_decay"}
+  assert labels["block"]["norm"]["scale"] == "no_decay"
+  assert labels["embedding"]["embedding"] == "no_decay"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_optimizer_equals_one_adamw_per_group(schedule):
+  cfg = _train_cfg(schedule=schedule)
+  lr = optim.learning_rate_schedule(cfg, cfg.learning_rate)
+  ssm_lr = optim.learning_rate_schedule(cfg, cfg.ssm_learning_rate)
+  reference = optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip_norm),
+      optax.multi_transform({"ssm": optax.adam(ssm_lr),
+                             "decay": optax.adamw(lr, weight_decay=cfg.weight_decay),
+                             "no_decay": optax.adam(lr)}, optim.param_labels))
+  ours = optim.create_optimizer(cfg)
+
+  @jax.jit  # one compilation instead of hundreds of eager ops.
+  def run(p_ours, p_ref):
+    s_ours, s_ref = ours.init(p_ours), reference.init(p_ref)
+    for i in range(6):
+      grads = jax.tree_util.tree_map(
+          lambda x, i=i: jnp.sin((i + 1) * x + jnp.arange(x.size).reshape(x.shape)), p_ours)
+      u, s_ours = ours.update(grads, s_ours, p_ours)
+      p_ours = optax.apply_updates(p_ours, u)
+      u, s_ref = reference.update(grads, s_ref, p_ref)
+      p_ref = optax.apply_updates(p_ref, u)
+    return p_ours, p_ref
+
+  p_ours, p_ref = run(_params(), _params())
+  chex.assert_trees_all_close(p_ours, p_ref, atol=1e-7, rtol=1e-6)
+  # The SSM group moved with its own (smaller) rate and without decay.
+  assert not np.allclose(p_ours["block"]["kernel"]["log_dt"], -3.0)
+
+
+def test_schedules():
+  cos = optim.learning_rate_schedule(_train_cfg(warmup_steps=4, num_steps=14), 1.0)
+  np.testing.assert_allclose([cos(0), cos(2), cos(4), cos(9), cos(14)], [0, 0.5, 1, 0.5, 0],
+                             atol=1e-6)
+  const = optim.learning_rate_schedule(_train_cfg(schedule="constant", warmup_steps=0), 0.3)
+  np.testing.assert_allclose([const(0), const(1000)], [0.3, 0.3], rtol=1e-6)
+
+
+def test_plateau_rule_reduces_after_patience():
+  state = optim.PlateauState(math.inf, 0, 1.0)
+  scales = []
+  for bits in [5.0, 4.0, 4.0, 4.0, 4.0, 3.0]:
+    state = optim.plateau_update(state, bits, factor=0.2, patience=2)
+    scales.append(state.lr_scale)
+  # 4.0 stalls for 3 evaluations: the third exceeds patience 2 and reduces the rate.
+  np.testing.assert_allclose(scales, [1, 1, 1, 1, 0.2, 0.2])
+  assert state.best_bits == 3.0 and state.bad_evals == 0
+
+
+def test_metric_writer_checks_finiteness_and_writes_jsonl(tmp_path):
+  writer = metrics_lib.MetricWriter(str(tmp_path))
+  writer.write_scalars(3, {"train/bits_per_token": 5.5, "train/grad_norm": np.float32(0.25)})
+  with pytest.raises(ValueError, match=r"step 4: train/grad_norm=nan"):
+    writer.write_scalars(4, {"train/bits_per_token": 5.0, "train/grad_norm": float("nan")})
+  writer.close()
+  assert metrics_lib.read_metrics(str(tmp_path)) == [
+      {"step": 3, "train/bits_per_token": 5.5, "train/grad_norm": 0.25}]
+  assert list((tmp_path / "tensorboard").iterdir())  # a TensorBoard event file exists.
+
+
+# ------------------------------------------------------------------------------------------------
+# End-to-end runs of launch.py (subprocesses sharing a compilation cache).
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("xla_cache")
+
+
+def _env(cache_dir, **extra):
+  env = dict(os.environ)
+  env.update({
+      "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+      "JAX_PLATFORMS": "cpu",
+      "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  })
+  env.pop("XLA_FLAGS", None)
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def _launch(workdir, cache_dir, *flags, driver=False, env=None):
+  """Starts a training subprocess; returns the Popen (stdout+stderr to workdir/log.txt)."""
+  os.makedirs(workdir, exist_ok=True)
+  log = open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8")
+  program = ["-c", DRIVER] if driver else ["launch.py"]
+  args = [sys.executable, *program, *SMALL_FLAGS, f"--workdir={workdir}", *flags]
+  return subprocess.Popen(args, cwd=ROOT, env=env or _env(cache_dir), stdout=log,
+                          stderr=subprocess.STDOUT)
+
+
+def _finish(proc, workdir, timeout=240):
+  code = proc.wait(timeout=timeout)
+  return code, pathlib.Path(workdir, "log.txt").read_text(encoding="utf-8")
+
+
+def _wait_for_step(proc, workdir, step, timeout=240):
+  """Polls metrics.jsonl until a train event with `step` >= step is logged."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    events = metrics_lib.read_metrics(str(workdir))
+    if any(e["step"] >= step and "train/nonfinite_skips" in e for e in events):
+      return
+    assert proc.poll() is None, _finish(proc, workdir)[1][-3000:]
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def _train_bits_by_step(workdir):
+  """The last logged train/bits_per_token of every step (a resumed run re-logs some steps)."""
+  return {e["step"]: e["train/bits_per_token"] for e in metrics_lib.read_metrics(str(workdir))
+          if "train/bits_per_token" in e}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, cache_dir):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}"),
+                      workdir, timeout=600)
+  assert code == 0, log[-3000:]
+  return workdir
+
+
+def test_metrics_jsonl_contents(uninterrupted_run):
+  events = metrics_lib.read_metrics(str(uninterrupted_run))
+  train_events = [e for e in events if "train/bits_per_token" in e]
+  assert [e["step"] for e in train_events] == list(range(1, NUM_STEPS + 1))
+  for name in ("train/bits_per_token", "train/tokens_per_second", "train/grad_norm",
+               "train/learning_rate", "train/nonfinite_skips"):
+    assert all(math.isfinite(e[name]) for e in train_events), name
+  assert all(e["train/nonfinite_skips"] == 0 for e in train_events)
+  assert all(e["train/tokens_per_second"] > 0 for e in train_events)
+  # Warmup over 2 steps to the tiny config's 4e-3, then constant.
+  np.testing.assert_allclose([e["train/learning_rate"] for e in train_events[:3]],
+                             [0.0, 2e-3, 4e-3], rtol=1e-6)
+  (final_eval,) = [e for e in events if "eval/bits_per_token" in e]
+  assert final_eval["step"] == NUM_STEPS
+  left, right = final_eval["eval/bits_per_token_left"], final_eval["eval/bits_per_token_right"]
+  np.testing.assert_allclose(final_eval["eval/bits_per_token"], (left + right) / 2, rtol=1e-5)
+  np.testing.assert_allclose(final_eval["eval/bits_per_frame"], left + right, rtol=1e-5)
+  assert 0 < final_eval["eval/bits_per_token"] < 8.5
+  # Checkpoints: every 4 steps and the end; the last K=2 (tiny config) plus the best are kept.
+  steps = checkpoint_lib.Checkpointer(str(uninterrupted_run), create=False).all_steps()
+  assert sorted(steps)[-2:] == [8, 12] and NUM_STEPS in steps
+
+
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted_run, tmp_path, cache_dir):
+  workdir = tmp_path / "killed"
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
+  proc = _launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}", driver=True,
+                 env=env)
+  _wait_for_step(proc, workdir, 6)  # past the step-4 checkpoint, before the step-8 one.
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  saved = checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps()
+  assert saved == [4], saved
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}"),
+                      workdir)
+  assert code == 0, log[-3000:]
+  expected = _train_bits_by_step(uninterrupted_run)
+  resumed = _train_bits_by_step(workdir)
+  assert sorted(resumed) == list(range(1, NUM_STEPS + 1))
+  # Same batches, same dropout keys, same compiled program on CPU: identical losses.
+  np.testing.assert_array_equal([resumed[s] for s in sorted(resumed)],
+                                [expected[s] for s in sorted(expected)])
+
+
+def test_resume_with_incompatible_config_names_the_fields(uninterrupted_run, tmp_path,
+                                                          cache_dir):
+  code, log = _finish(_launch(uninterrupted_run, cache_dir, "--config.model.d_model=16",
+                              "--config.dataset.bits=9", f"--config.train.num_steps={NUM_STEPS}"),
+                      uninterrupted_run)
+  assert code != 0
+  assert "Cannot resume" in log and "model.d_model: checkpoint has 8, config has 16" in log
+  assert "dataset.bits: checkpoint has 8, config has 9" in log
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, cache_dir):
+  workdir = tmp_path / "preempted"
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
+  proc = _launch(workdir, cache_dir, "--config.train.num_steps=1000",
+                 "--config.train.checkpoint_every_steps=1000", driver=True, env=env)
+  _wait_for_step(proc, workdir, 3)
+  proc.send_signal(signal.SIGTERM)
+  code, log = _finish(proc, workdir)
+  assert code == 0, log[-3000:]
+  assert "Preempted (SIGTERM): saved checkpoint at step" in log
+  last_logged = max(e["step"] for e in metrics_lib.read_metrics(str(workdir)))
+  saved = checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps()
+  assert saved == [last_logged] and 3 <= last_logged < 1000
+
+
+def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, cache_dir):
+  workdir = tmp_path / "nonfinite"
+  # Train batches 3, 5, 6, 7 get impossible targets: step 3 is skipped alone, then 5-7 are three
+  # in a row, which reaches max_consecutive_nonfinite=3.
+  env = _env(cache_dir, TEST_POISON_CALLS="3,5,6,7")
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}",
+                              "--config.train.max_consecutive_nonfinite=3", driver=True, env=env),
+                      workdir)
+  assert code != 0
+  assert "3 consecutive train steps (up to step 7)" in log
+  assert "train.max_consecutive_nonfinite=3" in log
+  events = {e["step"]: e for e in metrics_lib.read_metrics(str(workdir))}
+  assert [events[s]["train/nonfinite_skips"] for s in range(1, 7)] == [0, 0, 1, 1, 2, 3]
+  assert "train/bits_per_token" not in events[3]  # a skipped step has no loss to report ...
+  assert math.isfinite(events[4]["train/bits_per_token"])  # ... and training went on.
+  # Only the finite step-4 checkpoint exists; it restores to finite parameters.
+  config, model, step = checkpoint_lib.load_for_inference(str(workdir))
+  assert step == 4 and config.train.max_consecutive_nonfinite == 3
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
+  assert leaves and all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
