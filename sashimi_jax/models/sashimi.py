@@ -31,6 +31,9 @@ class SaShiMiLM(nnx.Module):
 
   Shapes: tokens (B, T) int -> outputs (B, T, output_dim) float32, where output T[t] depends on
   tokens[:t+1] only.
+
+  Each S4 layer at level k gets l_max / prod(pool[:k]) as its kernel length; `n_ssm=None` gives
+  every S4 layer one SSM per channel; `init`/`disc` None take S4Block's per-layer defaults.
   """
 
   def __init__(
@@ -47,10 +50,10 @@ class SaShiMiLM(nnx.Module):
       dropout: float = 0.0,
       layer: str = "s4d",
       d_state: int = 64,
-      n_ssm: Any = 1,
+      n_ssm: int | None = 1,
       final_act: str = "glu",
-      init: str = "legs",
-      disc: str = "zoh",
+      init: str | None = None,
+      disc: str | None = None,
       dt_min: float = 1e-3,
       dt_max: float = 1e-1,
       l_max: int,
@@ -83,7 +86,8 @@ class SaShiMiLM(nnx.Module):
       blocks = []
       for _ in range(n_layers):
         s4 = S4Block(
-            width, l_max=level_l_max, layer=layer, d_state=d_state, n_ssm=n_ssm,
+            width, l_max=level_l_max, layer=layer, d_state=d_state,
+            n_ssm=width if n_ssm is None else n_ssm,
             final_act=final_act, dropout=dropout, init=init, disc=disc, dt_min=dt_min,
             dt_max=dt_max, rngs=rngs,
         )
