@@ -96,7 +96,8 @@ def scale_by_group_learning_rate(schedules: dict[str, optax.Schedule],
 
   def update_fn(updates, state, params=None):
     labels = labels_fn(updates if params is None else params)
-    rates = {name: schedule(state.count) for name, schedule in schedules.items()}
+    rates = {name: jnp.asarray(schedule(state.count), jnp.float32)
+             for name, schedule in schedules.items()}
     updates = jax.tree_util.tree_map(lambda u, label: -rates[label].astype(u.dtype) * u,
                                      updates, labels)
     return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
