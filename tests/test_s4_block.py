@@ -46,6 +46,8 @@ def _conv_scan_prefill(graphdef, params, x, prompt_len):
 
 
 def _rel(a, b):
+  """Relative norm of a - b; states (tuples of arrays) are joined first."""
+  a, b = (jnp.concatenate(x, -1) if isinstance(x, tuple) else x for x in (a, b))
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 

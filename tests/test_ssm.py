@@ -214,6 +214,8 @@ def test_dplr_recurrence_matches_float64_system():
   length = 200
   p, C = _dplr_params()
   rec = jax.jit(dplr.dplr_recurrence, static_argnames="length")(**p, C=C, length=length)
+  rec_b = np.concatenate(rec["B_bar"], -1).astype(np.float64)
+  rec_c = np.concatenate(rec["C"], -1).astype(np.float64)
   kernels, systems = _numpy_dplr(p, C, length)
   for h, (A_bar, B_bar, c) in enumerate(systems):
     # Map the real-coordinate system back to the complex basis [s, conj s].
@@ -221,30 +223,37 @@ def test_dplr_recurrence_matches_float64_system():
     T = np.block([[np.eye(n2), 1j * np.eye(n2)], [np.eye(n2), -1j * np.eye(n2)]])
     A_c = T @ np.asarray(rec["A_bar"][h], np.float64) @ np.linalg.inv(T)
     np.testing.assert_allclose(A_c, A_bar, atol=1e-5)
-    np.testing.assert_allclose(T @ np.asarray(rec["B_bar"][h], np.float64), B_bar, atol=1e-6)
-    c_c = np.asarray(rec["C"][h], np.float64) @ np.linalg.inv(T)
+    np.testing.assert_allclose(T @ rec_b[h], B_bar, atol=1e-6)
+    c_c = rec_c[h] @ np.linalg.inv(T)
     assert np.linalg.norm(c_c - c) / np.linalg.norm(c) < 1e-3  # (I - A^L) amplifies rounding.
     # The recurrence's impulse response is the float64 kernel.
-    x, k = np.asarray(rec["B_bar"][h], np.float64), []
+    x, k = rec_b[h], []
     for _ in range(length):
-      k.append(np.asarray(rec["C"][h], np.float64) @ x)
+      k.append(rec_c[h] @ x)
       x = np.asarray(rec["A_bar"][h], np.float64) @ x
     assert _rel(np.asarray(k), kernels[h]) < 1e-4
 
 
-def test_dplr_prefill_equals_scan():
+def test_dplr_prefill_and_linear_step_equal_dense_steps():
   p, C = _dplr_params()
   u = jnp.asarray(np.random.default_rng(4).normal(size=(2, 77, 4)), jnp.float32)
 
   @jax.jit
-  def both(p, C, u):
+  def run(p, C, u):
     rec = dplr.dplr_recurrence(**p, C=C, length=77)
-    stepped, _ = jax.lax.scan(lambda s, x: (dplr.dplr_step(rec, s, x)[1], None),
-                              dplr.dplr_init_state(2, 4, 16), jnp.swapaxes(u, 0, 1))
-    return dplr.dplr_prefill_state(rec, u), stepped
 
-  prefill, stepped = both(p, C, u)
-  assert _rel(prefill, np.asarray(stepped, np.float64)) < 1e-5
+    def scan(step_fn):
+      body = lambda s, x: step_fn(rec, s, x)[::-1]
+      state, ys = jax.lax.scan(body, dplr.dplr_init_state(2, 4, 16), jnp.swapaxes(u, 0, 1))
+      return jnp.concatenate(state, -1), ys
+
+    return (jnp.concatenate(dplr.dplr_prefill_state(rec, u), -1), scan(dplr.dplr_step),
+            scan(dplr.dplr_step_dense))
+
+  prefill, (state, ys), (state_dense, ys_dense) = run(p, C, u)
+  assert _rel(ys, np.asarray(ys_dense, np.float64)) < 1e-5  # O(N) step == dense matrix.
+  assert _rel(state, np.asarray(state_dense, np.float64)) < 1e-5
+  assert _rel(prefill, np.asarray(state_dense, np.float64)) < 1e-5
 
 
 def test_dplr_rejects_higher_rank():

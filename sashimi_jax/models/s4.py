@@ -112,20 +112,20 @@ class SSMKernel(nnx.Module):
       return s4d.s4d_recurrence(*self._ssm_args(), disc=self.disc)
     return dplr.dplr_recurrence(*self._ssm_args(), length=self.l_max)
 
-  def init_state(self, batch_size: int) -> jax.Array:
-    """Zero state of fixed shape: S4D (B, H, N/2, 2), S4 (B, H, N) float32."""
+  def init_state(self, batch_size: int):
+    """Zero state: a (Re s, Im s) pair of (B, H, N/2) float32 arrays (fixed shapes)."""
     num_channels, num_modes = self.C.shape[0], self.C.shape[1]
     if self.layer == "s4d":
       return s4d.s4d_init_state(batch_size, num_channels, num_modes)
     return dplr.dplr_init_state(batch_size, num_channels, 2 * num_modes)
 
-  def step(self, rec: dict, state: jax.Array, u: jax.Array):
+  def step(self, rec: dict, state, u: jax.Array):
     """u (B, H) -> (y (B, H), state)."""
     if self.layer == "s4d":
       return s4d.s4d_step(rec, state, u)
     return dplr.dplr_step(rec, state, u)
 
-  def prefill_state(self, rec: dict, u: jax.Array) -> jax.Array:
+  def prefill_state(self, rec: dict, u: jax.Array):
     """State after consuming u (B, L, H) from the zero state."""
     if self.layer == "s4d":
       return s4d.s4d_prefill_state(rec, u)

@@ -65,22 +65,34 @@ def _realvec(z):
   return jnp.concatenate([jnp.real(z), jnp.imag(z)], axis=-1)
 
 
+def _sherman_morrison(log_dt, log_A_real, A_imag, B, P):
+  """Factors of M^{-1} = (2/dt - A_r)^{-1} = blocks(d) - u2 v^T, with d = 1 / (2/dt - Lambda).
+
+  M = blocks(d)^{-1} + 2 p p^T, so Sherman-Morrison gives u2 = 2 M0^{-1} p / (1 + 2 p^T M0^{-1} p)
+  and v = M0^{-T} p (M0 = blocks(d)^{-1}); the denominator is >= 1 since Re d > 0.
+
+  Returns:
+    dt (H, 1), d (H, N2) complex64, u2 (H, N), v (H, N), B_r (H, N) float32.
+  """
+  dt, Lam, B, P = continuous_params(log_dt, log_A_real, A_imag, B, P)
+  d = 1.0 / (2.0 / dt - Lam)
+  denom = 1.0 + 2.0 * jnp.sum(jnp.abs(P) ** 2 * jnp.real(d), axis=-1, keepdims=True)
+  u2 = 2.0 * _realvec(d * P) / denom
+  v = _realvec(jnp.conj(d) * P)
+  return dt, d, u2, v, _realvec(B)
+
+
 def dense_discretization(log_dt, log_A_real, A_imag, B, P):
   """Bilinear (A_bar (H, N, N), B_bar (H, N)) float32 in real coordinates.
 
-  M = 2/dt - A_r = blocks(d^{-1}) + 2 p p^T with d = 1 / (2/dt - Lambda) is inverted
-  exactly by Sherman-Morrison; then A_bar = M^{-1} (2/dt + A_r) = (4/dt) M^{-1} - I and
-  B_bar = 2 M^{-1} B_r.
+  A_bar = M^{-1} (2/dt + A_r) = (4/dt) M^{-1} - I and B_bar = 2 M^{-1} B_r, with M^{-1}
+  exact from Sherman-Morrison (no dense solve).
   """
-  dt, Lam, B, P = continuous_params(log_dt, log_A_real, A_imag, B, P)
-  d = 1.0 / (2.0 / dt - Lam)  # (H, N2)
-  u = _realvec(d * P)  # M0^{-1} p
-  v = _realvec(jnp.conj(d) * P)  # M0^{-T} p
-  denom = 1.0 + 2.0 * jnp.sum(jnp.abs(P) ** 2 * jnp.real(d), axis=-1)  # 1 + 2 p^T M0^{-1} p
-  m_inv = _blocks(d) - 2.0 * u[:, :, None] * v[:, None, :] / denom[:, None, None]
+  dt, d, u2, v, B_r = _sherman_morrison(log_dt, log_A_real, A_imag, B, P)
+  m_inv = _blocks(d) - u2[:, :, None] * v[:, None, :]
   num_state = m_inv.shape[-1]
   A_bar = (4.0 / dt)[..., None] * m_inv - jnp.eye(num_state, dtype=jnp.float32)
-  B_bar = 2.0 * jnp.einsum("hmn,hn->hm", m_inv, _realvec(B), precision=_HIGHEST)
+  B_bar = 2.0 * jnp.einsum("hmn,hn->hm", m_inv, B_r, precision=_HIGHEST)
   return A_bar, B_bar
 
 
@@ -117,31 +129,75 @@ def c_tilde_from_c(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> jax.A
   return c_from_real(c - jnp.einsum("hn,hnm->hm", c, A_pow, precision=_HIGHEST))
 
 
+def _halves(x):
+  n2 = x.shape[-1] // 2
+  return x[..., :n2], x[..., n2:]
+
+
 def dplr_recurrence(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> dict:
-  """Dense real step matrices, recovering C = C~ (I - A_bar^L)^{-1} exactly (one solve).
+  """Step matrices, recovering C = C~ (I - A_bar^L)^{-1} exactly (one dense solve).
+
+  Vectors in real coordinates x = [Re s, Im s] are stored as (first half, second half)
+  pairs of (H, N2) arrays, like the state (fast elementwise steps).
 
   Returns:
-    {"A_bar": (H, N, N), "B_bar": (H, N), "C": (H, N)} float32.
+    dict: "A_bar" (H, N, N) dense (prefill, dense step); pairs "B_bar", "C", and the O(N)
+    step's factors "d", "u2", "v" with A_bar x = scale (d * x - u2 (v . x)) - x;
+    "scale" (H, 1) = 4 / dt.
   """
   A_bar, B_bar = dense_discretization(log_dt, log_A_real, A_imag, B, P)
   A_pow = matrix_power(A_bar, length)
   eye = jnp.eye(A_bar.shape[-1], dtype=jnp.float32)
   # c^T (I - A^L) = c~^T  <=>  (I - A^L)^T c = c~.
   c = jnp.linalg.solve(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C)[..., None])[..., 0]
-  return {"A_bar": A_bar, "B_bar": B_bar, "C": c}
+  dt, d, u2, v, _ = _sherman_morrison(log_dt, log_A_real, A_imag, B, P)
+  return {"A_bar": A_bar, "B_bar": _halves(B_bar), "C": _halves(c), "scale": 4.0 / dt,
+          "d": (jnp.real(d), jnp.imag(d)), "u2": _halves(u2), "v": _halves(v)}
 
 
-def dplr_init_state(batch_size: int, num_channels: int, num_state: int) -> jax.Array:
-  """Zero real state (B, H, N) float32."""
-  return jnp.zeros((batch_size, num_channels, num_state), jnp.float32)
+def dplr_init_state(batch_size: int, num_channels: int, num_state: int):
+  """Zero state: (Re s, Im s), each (B, H, N / 2) float32."""
+  zeros = jnp.zeros((batch_size, num_channels, num_state // 2), jnp.float32)
+  return (zeros, zeros)
 
 
-def dplr_step(rec: dict, state: jax.Array, u: jax.Array):
-  """x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k. state (B, H, N), u (B, H) -> (y, state)."""
-  new = jnp.einsum("hmn,bhn->bhm", rec["A_bar"], state, precision=_HIGHEST)
-  new = new + rec["B_bar"][None] * u[..., None].astype(jnp.float32)
-  y = jnp.einsum("hn,bhn->bh", rec["C"], new, precision=_HIGHEST)
-  return y, new
+def _output(rec, new_re, new_im):
+  c_re, c_im = rec["C"]
+  return jnp.sum(c_re * new_re + c_im * new_im, axis=-1)
+
+
+def dplr_step_dense(rec: dict, state, u: jax.Array):
+  """As dplr_step, with the dense (H, N, N) A_bar: O(N^2) per channel."""
+  x = jnp.concatenate(state, axis=-1)
+  new = jnp.einsum("hmn,bhn->bhm", rec["A_bar"], x, precision=_HIGHEST)
+  new = new + jnp.concatenate(rec["B_bar"], axis=-1) * u[..., None].astype(jnp.float32)
+  new_re, new_im = _halves(new)
+  return _output(rec, new_re, new_im), (new_re, new_im)
+
+
+def dplr_step(rec: dict, state, u: jax.Array):
+  """x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k in O(N) per channel.
+
+  A_bar x = (4/dt) M^{-1} x - x with M^{-1} = blocks(d) - u2 v^T (Sherman-Morrison): the
+  same bilinear matrix as the dense step, applied without forming it.
+
+  Args:
+    rec: from dplr_recurrence.
+    state: (Re s, Im s) pair of (B, H, N2) float32.
+    u: (B, H).
+
+  Returns:
+    y (B, H) float32, new state.
+  """
+  (d_re, d_im), (u2_re, u2_im), (v_re, v_im), (b_re, b_im) = (
+      rec["d"], rec["u2"], rec["v"], rec["B_bar"])
+  x_re, x_im = state
+  t = jnp.sum(v_re * x_re + v_im * x_im, axis=-1, keepdims=True)  # (B, H, 1)
+  u = u[..., None].astype(jnp.float32)
+  scale = rec["scale"]
+  new_re = scale * (d_re * x_re - d_im * x_im - u2_re * t) - x_re + b_re * u
+  new_im = scale * (d_re * x_im + d_im * x_re - u2_im * t) - x_im + b_im * u
+  return _output(rec, new_re, new_im), (new_re, new_im)
 
 
 def _krylov(A_bar, B_bar, size):
@@ -154,7 +210,7 @@ def _krylov(A_bar, B_bar, size):
   return cols[..., :size]
 
 
-def dplr_prefill_state(rec: dict, u: jax.Array) -> jax.Array:
+def dplr_prefill_state(rec: dict, u: jax.Array):
   """State after consuming u (B, L, H) from zero: sum_l A_bar^(L-1-l) B_bar u_l.
 
   Chunks of c ~ sqrt(L) inputs are folded in by one matmul with the Krylov block
@@ -162,10 +218,10 @@ def dplr_prefill_state(rec: dict, u: jax.Array) -> jax.Array:
   (a scan of about sqrt(L) dense steps). Exact up to float32 rounding.
 
   Returns:
-    (B, H, N) float32.
+    (Re s, Im s) pair of (B, H, N2) float32.
   """
   batch, length, channels = u.shape
-  A_bar, B_bar = rec["A_bar"], rec["B_bar"]
+  A_bar, B_bar = rec["A_bar"], jnp.concatenate(rec["B_bar"], axis=-1)
   c = max(1, int(round(length ** 0.5)))
   num_chunks = -(-length // c)
   u = jnp.pad(u.astype(jnp.float32), ((0, 0), (num_chunks * c - length, 0), (0, 0)))
@@ -178,4 +234,4 @@ def dplr_prefill_state(rec: dict, u: jax.Array) -> jax.Array:
     return jnp.einsum("hmn,bhn->bhm", A_c, state, precision=_HIGHEST) + v, None
 
   state, _ = jax.lax.scan(horner, jnp.zeros_like(contrib[0]), contrib)
-  return state
+  return _halves(state)

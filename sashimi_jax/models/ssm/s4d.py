@@ -40,52 +40,59 @@ def s4d_kernel(log_dt, log_A_real, A_imag, B, C, *, length: int, disc: str) -> j
   return vandermonde.vandermonde_kernel(C * B_bar, log_A_bar, length)
 
 
+def _split(z):
+  """complex -> (Re, Im) float32 pair of arrays."""
+  return jnp.real(z).astype(jnp.float32), jnp.imag(z).astype(jnp.float32)
+
+
 def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
   """Discretised matrices for stepping.
 
+  Complex (H, N2) values are (Re, Im) pairs of separate arrays, like the state: the step
+  is then plain elementwise real arithmetic (measured 4x faster than [Re | Im] halves
+  joined by concatenation, and faster than complex64).
+
   Returns:
-    {"A_bar", "log_A_bar", "B_bar", "C"}, each (H, N2, 2) float32 pairs.
+    {"A_bar", "B_bar", "C", "log_A_bar"}: each a (Re, Im) pair of (H, N2) float32.
   """
   dt, A, B, C = continuous_params(log_dt, log_A_real, A_imag, B, C)
   log_A_bar, A_bar, B_bar = discretize.discretize_diag(dt, A, B, disc)
-  return {"A_bar": complex_pairs.to_pairs(A_bar), "log_A_bar": complex_pairs.to_pairs(log_A_bar),
-          "B_bar": complex_pairs.to_pairs(B_bar), "C": complex_pairs.to_pairs(C)}
+  return {"A_bar": _split(A_bar), "B_bar": _split(B_bar), "C": _split(C),
+          "log_A_bar": _split(log_A_bar)}
 
 
-def s4d_init_state(batch_size: int, num_channels: int, num_modes: int) -> jax.Array:
-  """Zero state (B, H, N2, 2) float32."""
-  return jnp.zeros((batch_size, num_channels, num_modes, 2), jnp.float32)
+def s4d_init_state(batch_size: int, num_channels: int, num_modes: int):
+  """Zero state: (Re s, Im s), each (B, H, N2) float32."""
+  zeros = jnp.zeros((batch_size, num_channels, num_modes), jnp.float32)
+  return (zeros, zeros)
 
 
-def s4d_step(rec: dict, state: jax.Array, u: jax.Array):
+def s4d_step(rec: dict, state, u: jax.Array):
   """One step x_k = A_bar x_{k-1} + B_bar u_k, y_k = 2 Re(C x_k).
 
   Args:
     rec: from s4d_recurrence.
-    state: (B, H, N2, 2) float32.
-    u: (B, H) float32.
+    state: (Re, Im) pair of (B, H, N2) float32.
+    u: (B, H).
 
   Returns:
-    y (B, H) float32, new state (B, H, N2, 2).
+    y (B, H) float32, new state.
   """
-  a_re, a_im = rec["A_bar"][..., 0], rec["A_bar"][..., 1]
-  b_re, b_im = rec["B_bar"][..., 0], rec["B_bar"][..., 1]
-  c_re, c_im = rec["C"][..., 0], rec["C"][..., 1]
-  s_re, s_im = state[..., 0], state[..., 1]
+  (a_re, a_im), (b_re, b_im), (c_re, c_im) = rec["A_bar"], rec["B_bar"], rec["C"]
+  s_re, s_im = state
   u = u[..., None].astype(jnp.float32)
   new_re = a_re * s_re - a_im * s_im + b_re * u
   new_im = a_re * s_im + a_im * s_re + b_im * u
   y = 2.0 * jnp.sum(c_re * new_re - c_im * new_im, axis=-1)
-  return y, jnp.stack([new_re, new_im], axis=-1)
+  return y, (new_re, new_im)
 
 
-def s4d_prefill_state(rec: dict, u: jax.Array) -> jax.Array:
+def s4d_prefill_state(rec: dict, u: jax.Array):
   """State after consuming u (B, L, H) from zero: sum_l A_bar^(L-1-l) B_bar u_l.
 
   Returns:
-    (B, H, N2, 2) float32.
+    (Re, Im) pair of (B, H, N2) float32.
   """
-  log_A_bar = complex_pairs.to_complex(rec["log_A_bar"])
-  B_bar = complex_pairs.to_complex(rec["B_bar"])
-  s = vandermonde.vandermonde_state(u, log_A_bar) * B_bar[None]
-  return complex_pairs.to_pairs(s)
+  to_c = lambda pair: jax.lax.complex(*pair)
+  s = vandermonde.vandermonde_state(u, to_c(rec["log_A_bar"])) * to_c(rec["B_bar"])[None]
+  return _split(s)
