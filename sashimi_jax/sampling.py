@@ -303,12 +303,6 @@ def teacher_forced_outputs(model, targets: jax.Array) -> jax.Array:
                          zero_token=spec.zero_token)
 
 
-def shift_right(targets: jax.Array, bits: int) -> jax.Array:
-  """Training inputs for a stream: (B, T) y -> (B, T) x = [zero_token, y[:, :-1]]."""
-  zero = jnp.full((targets.shape[0], 1), 2**(bits - 1), jnp.int32)
-  return jnp.concatenate([zero, jnp.asarray(targets, jnp.int32)[:, :-1]], axis=1)
-
-
 def relative_difference(reference: jax.Array, other: jax.Array) -> float:
   """||reference - other||_2 / ||reference||_2 (over every element), as a Python float."""
   reference = np.asarray(reference, np.float64)

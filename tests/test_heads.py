@@ -10,6 +10,17 @@ from scipy import special
 from sashimi_jax import heads
 
 
+# Jitted once per static configuration: eager mode would compile every primitive separately.
+_token_nll = jax.jit(heads.token_nll, static_argnames=("head", "bits", "n_mixtures"))
+_log_probs = jax.jit(heads.log_probs, static_argnames=("head", "bits", "n_mixtures"))
+_sample_tokens = jax.jit(heads.sample_tokens, static_argnames=(
+    "head", "bits", "n_mixtures", "temperature", "top_p"))
+
+
+_dml_nll_and_grad = jax.jit(jax.value_and_grad(
+    lambda o, t: heads.token_nll(o, t, head="dml", bits=8, n_mixtures=3).sum()))
+
+
 def _random_outputs(seed, shape, scale=1.0):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape) * scale, jnp.float32)
 
@@ -26,7 +37,7 @@ def test_output_dim():
 def test_categorical_nll_equals_log_softmax():
   outputs = _random_outputs(0, (3, 5, 16), scale=3.0)
   targets = jnp.asarray(np.random.default_rng(1).integers(0, 16, size=(3, 5)), jnp.int32)
-  nll = heads.token_nll(outputs, targets, head="categorical", bits=4)
+  nll = _token_nll(outputs, targets, head="categorical", bits=4)
   logits = np.asarray(outputs, np.float64)
   expected = -(logits - special.logsumexp(logits, axis=-1, keepdims=True))
   expected = np.take_along_axis(expected, np.asarray(targets)[..., None], -1)[..., 0]
@@ -51,12 +62,12 @@ def _dml_bin_probs_float64(outputs, bits):
 def test_dml_matches_float64_reference_and_sums_to_one():
   bits, mixtures = 5, 4
   outputs = _random_outputs(2, (6, 3 * mixtures))
-  logp = heads.log_probs(outputs, head="dml", bits=bits, n_mixtures=mixtures)
+  logp = _log_probs(outputs, head="dml", bits=bits, n_mixtures=mixtures)
   chex.assert_shape(logp, (6, 32))
   np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.exp(logp), _dml_bin_probs_float64(outputs, bits), atol=2e-6)
-  targets = jnp.arange(6, dtype=jnp.int32) * 6  # includes bin 0 and bin 30
-  nll = heads.token_nll(outputs, targets, head="dml", bits=bits, n_mixtures=mixtures)
+  targets = np.arange(6, dtype=np.int32) * 6  # includes bin 0 and bin 30
+  nll = _token_nll(outputs, targets, head="dml", bits=bits, n_mixtures=mixtures)
   np.testing.assert_allclose(nll, -np.take_along_axis(np.asarray(logp), targets[:, None], -1)[:, 0],
                              rtol=1e-5)
 
@@ -65,13 +76,11 @@ def test_dml_matches_float64_reference_and_sums_to_one():
 def test_dml_finite_for_extreme_inputs(scale):
   bits, mixtures = 8, 3
   outputs = _random_outputs(3, (8, 3 * mixtures), scale=scale)
-  targets = jnp.asarray([0, 1, 127, 128, 200, 254, 255, 64], jnp.int32)
-  nll, grad = jax.value_and_grad(
-      lambda o: heads.token_nll(o, targets, head="dml", bits=bits, n_mixtures=mixtures).sum())(
-          outputs)
+  targets = np.asarray([0, 1, 127, 128, 200, 254, 255, 64], np.int32)
+  nll, grad = _dml_nll_and_grad(outputs, targets)
   assert np.isfinite(nll)
   assert np.all(np.isfinite(grad))
-  logp = heads.log_probs(outputs, head="dml", bits=bits, n_mixtures=mixtures)
+  logp = _log_probs(outputs, head="dml", bits=bits, n_mixtures=mixtures)
   # Probabilities over all bins still sum to one (up to float32 rounding).
   np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, rtol=1e-4)
 
@@ -80,9 +89,9 @@ def test_dml_sharp_component_puts_mass_on_its_bin():
   bits, k = 4, 16
   centre = -1.0 + 2.0 * 9 / (k - 1)
   outputs = jnp.asarray([[0.0, centre, -7.0]], jnp.float32)  # one component, tiny scale
-  logp = heads.log_probs(outputs, head="dml", bits=bits, n_mixtures=1)
-  assert int(jnp.argmax(logp[0])) == 9
-  assert float(jnp.exp(logp[0, 9])) > 0.99
+  logp = _log_probs(outputs, head="dml", bits=bits, n_mixtures=1)
+  assert int(np.argmax(logp[0])) == 9
+  assert float(np.exp(logp[0, 9])) > 0.99
 
 
 def _expected_sampling_distribution(logp, temperature, top_p):
@@ -98,13 +107,12 @@ def _expected_sampling_distribution(logp, temperature, top_p):
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.8)])
 def test_categorical_sampling_frequencies(temperature, top_p):
-  logits = jnp.asarray([1.0, 0.2, -0.5, 2.0, 0.0, -2.0, 0.7, 1.5], jnp.float32)
+  logits = np.asarray([1.0, 0.2, -0.5, 2.0, 0.0, -2.0, 0.7, 1.5], np.float32)
   num_draws = 40000
-  outputs = jnp.broadcast_to(logits, (num_draws, 8))
-  tokens, token_logp, entropy = jax.jit(
-      lambda k, o: heads.sample_tokens(k, o, head="categorical", bits=3,
-                                       temperature=temperature, top_p=top_p))(
-                                           jax.random.key(0), outputs)
+  outputs = np.broadcast_to(logits, (num_draws, 8))
+  tokens, token_logp, entropy = _sample_tokens(
+      jax.random.key(0), outputs, head="categorical", bits=3, temperature=temperature,
+      top_p=top_p)
   expected = _expected_sampling_distribution(logits, temperature, top_p)
   freq = np.bincount(np.asarray(tokens), minlength=8) / num_draws
   # 5 sigma of a binomial proportion.
@@ -116,9 +124,9 @@ def test_categorical_sampling_frequencies(temperature, top_p):
 
 def test_dml_sampling_frequencies_match_bin_probabilities():
   bits, mixtures, num_draws = 3, 2, 40000
-  row = jnp.asarray([0.3, -0.2, -0.4, 0.5, -1.0, -0.5], jnp.float32)
-  outputs = jnp.broadcast_to(row, (num_draws, 6))
-  tokens, token_logp, entropy = heads.sample_tokens(
+  row = np.asarray([0.3, -0.2, -0.4, 0.5, -1.0, -0.5], np.float32)
+  outputs = np.broadcast_to(row, (num_draws, 6))
+  tokens, token_logp, entropy = _sample_tokens(
       jax.random.key(1), outputs, head="dml", bits=bits, n_mixtures=mixtures)
   expected = _dml_bin_probs_float64(row[None], bits)[0]
   freq = np.bincount(np.asarray(tokens), minlength=8) / num_draws
@@ -135,9 +143,9 @@ def test_dml_low_temperature_sharpens():
   outputs = jnp.asarray(np.concatenate(
       [rng.normal(size=(4, 2)), rng.uniform(-0.5, 0.5, (4, 2)), np.full((4, 2), -3.0)], -1),
                         jnp.float32)
-  _, _, ent_1 = heads.sample_tokens(jax.random.key(0), outputs, head="dml", bits=bits,
+  _, _, ent_1 = _sample_tokens(jax.random.key(0), outputs, head="dml", bits=bits,
                                     n_mixtures=mixtures, temperature=1.0)
-  _, _, ent_low = heads.sample_tokens(jax.random.key(0), outputs, head="dml", bits=bits,
+  _, _, ent_low = _sample_tokens(jax.random.key(0), outputs, head="dml", bits=bits,
                                       n_mixtures=mixtures, temperature=0.2)
   assert np.all(np.asarray(ent_low) < np.asarray(ent_1))
   assert np.all(np.isfinite(ent_low))
@@ -151,10 +159,10 @@ def test_tiny_top_p_is_argmax(head, bits, mixtures, temperature):
   dim = heads.output_dim(head, bits, mixtures)
   outputs = _random_outputs(4, (16, dim), scale=2.0)
   for seed in range(3):
-    tokens, token_logp, entropy = heads.sample_tokens(
+    tokens, token_logp, entropy = _sample_tokens(
         jax.random.key(seed), outputs, head=head, bits=bits, n_mixtures=mixtures,
         top_p=1e-6, temperature=temperature)
-    argmax = jnp.argmax(heads.log_probs(outputs, head=head, bits=bits, n_mixtures=mixtures), -1)
+    argmax = np.argmax(_log_probs(outputs, head=head, bits=bits, n_mixtures=mixtures), -1)
     np.testing.assert_array_equal(tokens, argmax)
     np.testing.assert_allclose(token_logp, 0.0, atol=1e-6)
     np.testing.assert_allclose(entropy, 0.0, atol=1e-6)
@@ -174,12 +182,12 @@ def test_bad_arguments_give_clear_errors():
 
 @pytest.mark.parametrize("num_levels", [256, 512])
 def test_blocked_cumsum_matches_numpy(num_levels):
-  probs = jax.random.uniform(jax.random.key(0), (3, 2, num_levels))
-  np.testing.assert_allclose(heads._cumsum_levels(probs), np.cumsum(np.asarray(probs), -1),
+  probs = np.random.default_rng(0).uniform(size=(3, 2, num_levels)).astype(np.float32)
+  np.testing.assert_allclose(jax.jit(heads._cumsum_levels)(probs), np.cumsum(probs, -1),
                              rtol=1e-5)
 
 
 def test_inverse_cdf_never_picks_zero_probability_levels():
   probs = jnp.asarray([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]] * 2, jnp.float32)
   uniform = jnp.asarray([0.0, 0.0, 0.9999999, 0.9999999], jnp.float32)
-  np.testing.assert_array_equal(heads._inverse_cdf(uniform, probs), [3, 2, 1, 2])
+  np.testing.assert_array_equal(jax.jit(heads._inverse_cdf)(uniform, probs), [3, 2, 1, 2])
