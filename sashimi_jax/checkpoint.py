@@ -85,7 +85,8 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+        # BestN keeps the last n after sorting: reverse=True puts the lowest bits last.
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
@@ -101,9 +102,6 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
-
-  def best_step(self) -> int | None:
-    return self._manager.best_step()
 
   def save(self, step: int, state: Any, data_iterator: Any, config, *,
            eval_bits_per_token: float | None = None) -> None:
