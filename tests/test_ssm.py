@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from sashimi_jax.models.ssm import cauchy
-from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import hippo

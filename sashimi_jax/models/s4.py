@@ -42,7 +42,8 @@ class SSMKernel(nnx.Module):
   """Owns the SSM parameters of one S4 layer and turns them into kernels/recurrences.
 
   Parameters (float32; complex values as (..., 2) real/imag pairs):
-    log_dt (H,), log_A_real (S, N/2) = log(-Re A), A_imag (S, N/2), B (S, N/2, 2),
+    log_dt (H,), log_A_real (S, N/2) = log(-Re A) (keeps Re A < 0), A_imag (S, N/2) = Im A,
+    B (S, N/2, 2),
     C (H, N/2, 2), and for layer="s4" also P (1, S, N/2, 2) (rank-1 term; C is then
     the reference's C~ = C (I - A_bar^l_max)).
   """
