@@ -23,36 +23,58 @@ from flax import nnx
 LAYER_NORM_EPSILON = 1e-5
 
 
-def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
-  """A dense layer initialised like PyTorch's nn.Linear / nn.Conv1d(kernel_size=1).
+class Dense(nnx.Module):
+  """y = x @ kernel + bias over the last axis, initialised like PyTorch's nn.Linear / Conv1d(k=1).
 
-  Weight and bias are both uniform in [-1/sqrt(in_features), 1/sqrt(in_features)].
-
-  Args:
-    in_features: input width.
-    out_features: output width.
-    rngs: initialisation randomness.
-
-  Returns:
-    An `nnx.Linear` mapping `(..., in_features)` to `(..., out_features)`.
+  Weight and bias are both uniform in [-1/sqrt(in_features), 1/sqrt(in_features)]. The leading
+  axes are flattened into one before the matmul: XLA:CPU's gradient of a (B, L, H) x (H, H')
+  dot_general is ~3x slower than the same 2-D matmul (measured at L = 16000, H = 64).
   """
-  bound = 1.0 / math.sqrt(in_features)
 
-  def bias_init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    bound = 1.0 / math.sqrt(in_features)
+    self.kernel = nnx.Param(jax.random.uniform(
+        rngs.params(), (in_features, out_features), jnp.float32, -bound, bound))
+    self.bias = nnx.Param(jax.random.uniform(
+        rngs.params(), (out_features,), jnp.float32, -bound, bound))
 
-  return nnx.Linear(
-      in_features,
-      out_features,
-      kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-      bias_init=bias_init,
-      rngs=rngs,
-  )
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (..., in_features) -> (..., out_features)."""
+    kernel = self.kernel[...]
+    y = x.reshape(-1, x.shape[-1]) @ kernel + self.bias[...]
+    return y.reshape(x.shape[:-1] + (kernel.shape[1],))
 
 
-def layer_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  """LayerNorm over the last axis with PyTorch's epsilon and affine scale/bias."""
-  return nnx.LayerNorm(num_features, epsilon=LAYER_NORM_EPSILON, rngs=rngs)
+def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> Dense:
+  """A `Dense` layer initialised like PyTorch's nn.Linear: (..., in) -> (..., out)."""
+  return Dense(in_features, out_features, rngs=rngs)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis with affine scale/bias and PyTorch's epsilon.
+
+  Normalises a 2-D view (leading axes flattened): on XLA:CPU this halves the backward pass time
+  of the same computation on (B, L, H).
+  """
+
+  def __init__(self, num_features: int, *, epsilon: float = LAYER_NORM_EPSILON):
+    self.epsilon = epsilon
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (..., H) -> (..., H)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    centered = x2 - jnp.mean(x2, axis=-1, keepdims=True)
+    variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
+    y = centered * jax.lax.rsqrt(variance + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.reshape(x.shape)
+
+
+def layer_norm(num_features: int, *, rngs: nnx.Rngs) -> LayerNorm:
+  """LayerNorm(num_features) as the reference's nn.LayerNorm (rngs unused: ones and zeros)."""
+  del rngs
+  return LayerNorm(num_features)
 
 
 def dropout(x: jax.Array, rate: float, *, deterministic: bool, rngs: Any) -> jax.Array:
