@@ -164,29 +164,42 @@ def test_pool_shapes_and_upsample_shift():
   rngs = nnx.Rngs(0)
   down = layers.DownPool(3, expand=2, pool=4, rngs=rngs)
   up = layers.UpPool(6, expand=2, pool=4, rngs=rngs)
+
+  @jax.jit
+  def run(x):
+    pooled = down(x)
+    upsampled = up(pooled)
+    down_buffer, up_buffer, down_steps, up_steps = down.init_state(2), up.init_state(2), [], []
+    for slot in range(8):  # the step forms over two blocks
+      pooled_now, down_buffer = down.step(down_buffer, x[:, slot], jnp.int32(slot % 4))
+      down_steps.append(pooled_now)
+      y, up_buffer = up.step(up_buffer, pooled[:, slot // 4], jnp.int32(slot % 4))
+      up_steps.append(y)
+    return pooled, upsampled, up.refill(pooled[:, 0]), down_steps, jnp.stack(up_steps, axis=1)
+
   x = jax.random.normal(jax.random.key(0), (2, 16, 3))
-  pooled = down(x)
+  pooled, upsampled, refilled, down_steps, up_steps = run(x)
   chex.assert_shape(pooled, (2, 4, 6))
-  upsampled = up(pooled)
   chex.assert_shape(upsampled, (2, 16, 3))
   # The first block is zero (causal shift); block j comes from coarse frame j - 1.
   np.testing.assert_array_equal(np.asarray(upsampled[:, :4]), 0.0)
-  np.testing.assert_allclose(upsampled[:, 4:8], up.refill(pooled[:, 0]), rtol=1e-6, atol=1e-6)
-  # Ring buffer form of DownPool equals the convolutional form.
-  buffer = down.init_state(2)
-  for slot in range(4):
-    out, buffer = down.step(buffer, x[:, slot], jnp.int32(slot))
-  np.testing.assert_allclose(out, pooled[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(upsampled[:, 4:8], refilled, rtol=1e-6, atol=1e-6)
+  # Step forms equal the convolutional forms: DownPool when its ring buffer is full ...
+  np.testing.assert_allclose(down_steps[3], pooled[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(down_steps[7], pooled[:, 1], rtol=1e-5, atol=1e-6)
+  # ... and UpPool at every fine step.
+  np.testing.assert_allclose(up_steps, upsampled[:, :8], rtol=1e-5, atol=1e-6)
 
 
 def test_only_params_and_dropout():
-  # Same seed and structure as the shared (4, 4) model, so the same parameters.
-  model = _small_model(dropout=0.25)
-  _, tokens, _, results = _modes((4, 4), False, "s4d")
-  graphdef, params = nnx.split(model)
+  model, tokens, _, results = _modes((4, 4), False, "s4d")
+  params = nnx.state(model, nnx.Param)
   _, params_only, rest = nnx.split(model, nnx.Param, ...)
-  chex.assert_trees_all_equal_structs(params, params_only)
+  chex.assert_trees_all_equal_structs(nnx.split(model)[1], params_only)
   assert not jax.tree.leaves(rest)
+  # The same structure with dropout 0.25 (only static attributes differ), on the same parameters.
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: _small_model(dropout=0.25)))
+  chex.assert_trees_all_equal_shapes_and_dtypes(abstract, params)
 
   @jax.jit
   def run(params, tokens, key):
@@ -195,6 +208,7 @@ def test_only_params_and_dropout():
 
   evaluation, train_a = run(params, tokens, jax.random.key(1))
   _, train_b = run(params, tokens, jax.random.key(2))
+  model = nnx.merge(graphdef, params)
   # deterministic=True (the default) ignores dropout entirely.
   np.testing.assert_allclose(evaluation, results["conv"], rtol=0, atol=1e-5)
   assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-3
