@@ -274,6 +274,9 @@ class SaShiMiLM(nnx.Module):
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.
 
+    The prompt is right-padded to the next multiple of prod(pool) above P (so every UpPool's
+    pending block exists); DPLR S4 layers need that padded length <= l_max, i.e. P < l_max.
+
     Returns:
       (outputs (B, P, output_dim) float32, state after P tokens); `step` continues from it
       exactly as if the P tokens had been stepped one by one.
