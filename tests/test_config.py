@@ -129,7 +129,7 @@ def test_batch_not_divisible_by_devices():
     ("model.dt_min", 0.5, "model.dt_min=0.5 must be <= model.dt_max=0.1"),
     ("dataset.valid_fraction", 0.0, "dataset.valid_fraction=0.0 must be > 0"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan must be a finite number"),
-    ("train.warmup_steps", 10_000, "train.warmup_steps=10000 exceeds train.num_steps=400"),
+    ("train.warmup_steps", 10_000, "train.warmup_steps=10000 exceeds train.num_steps=500"),
     ("model.n_ssm", 0, "model.n_ssm=0 must be a positive integer"),
     ("model.pool", [4, 0], "model.pool=[4, 0] must be a list of positive integers"),
     ("train.batch_size", 2.5, "train.batch_size=2.5 must be an integer"),

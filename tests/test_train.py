@@ -236,9 +236,9 @@ def test_metrics_jsonl_contents(uninterrupted_run):
     assert all(math.isfinite(e[name]) for e in train_events), name
   assert all(e["train/nonfinite_skips"] == 0 for e in train_events)
   assert all(e["train/tokens_per_second"] > 0 for e in train_events)
-  # Warmup over 2 steps to the tiny config's 4e-3, then constant.
+  # Warmup over 2 steps to the tiny config's 1e-3, then constant.
   np.testing.assert_allclose([e["train/learning_rate"] for e in train_events[:3]],
-                             [0.0, 2e-3, 4e-3], rtol=1e-6)
+                             [0.0, 5e-4, 1e-3], rtol=1e-6)
   (final_eval,) = [e for e in events if "eval/bits_per_token" in e]
   assert final_eval["step"] == NUM_STEPS
   left, right = final_eval["eval/bits_per_token_left"], final_eval["eval/bits_per_token_right"]
