@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.0
   config.model.final_act = "glu"
   config.model.init = "legs"
-  config.model.disc = "zoh"
+  config.model.disc = "bilinear"  # DPLR S4 (layer s4) discretises bilinearly; S4D: zoh.
   config.model.dt_min = 1e-3
   config.model.dt_max = 1e-1
   config.model.output_head = "categorical"  # categorical | dml.
@@ -88,6 +88,7 @@ def apply_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.dataset.sample_len = 1024
   config.model.layer = "s4d"
   config.model.init = "diag-lin"
+  config.model.disc = "zoh"
   config.model.n_layers = 2
   config.model.d_model = 64
   config.train.num_steps = 500

@@ -169,7 +169,10 @@ def find_problems(config, *, num_devices: int | None = None,
   init = _get(config, f"{m}.init", problems)
   if init is not None and (not isinstance(init, str) or not init):
     problems.append(f"{m}.init={init!r} must be a non-empty string such as 'legs' or 'diag-lin'.")
-  _check_choice(config, f"{m}.disc", DISCRETIZATIONS, problems)
+  disc = _check_choice(config, f"{m}.disc", DISCRETIZATIONS, problems)
+  if _get(config, f"{m}.layer", []) == "s4" and disc == "zoh":
+    problems.append(f"{m}.disc='zoh' is not available for layer='s4' (DPLR); use 'bilinear', or "
+                    "layer='s4d'.")
   dt_min = _check_float(config, f"{m}.dt_min", problems, minimum=0.0, strict_min=True)
   dt_max = _check_float(config, f"{m}.dt_max", problems, minimum=0.0, strict_min=True)
   if dt_min is not None and dt_max is not None and dt_min > dt_max:

@@ -126,6 +126,7 @@ def test_batch_not_divisible_by_devices():
     ("dataset.quantization", "a-law", "dataset.quantization='a-law' is unknown"),
     ("train.schedule", "linear", "train.schedule='linear' is unknown"),
     ("model.disc", "euler", "model.disc='euler' is unknown"),
+    ("model.layer", "s4", "model.disc='zoh' is not available for layer='s4'"),
     ("model.dt_min", 0.5, "model.dt_min=0.5 must be <= model.dt_max=0.1"),
     ("dataset.valid_fraction", 0.0, "dataset.valid_fraction=0.0 must be > 0"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan must be a finite number"),
