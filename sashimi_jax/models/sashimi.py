@@ -121,10 +121,10 @@ class SaShiMiLM(nnx.Module):
       self, tokens: jax.Array, *, deterministic: bool = True, rngs: Any = None
   ) -> jax.Array:
     """tokens (B, T) int -> outputs (B, T, output_dim) float32 (causal)."""
-    outputs, _ = self._forward(tokens, deterministic=deterministic, rngs=rngs, trace=None)
-    return outputs
+    return self._forward(tokens, deterministic=deterministic, rngs=rngs, trace=None)
 
   def _forward(self, tokens, *, deterministic, rngs, trace):
+    """tokens (B, T) -> outputs (B, T, D); pads T to a multiple of prod(pool) internally."""
     self._check_tokens(tokens)
     frames = tokens.shape[1]
     block = self.rate_frames[-1]
@@ -133,8 +133,7 @@ class SaShiMiLM(nnx.Module):
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - frames)))
     x = self.embedding(tokens).astype(jnp.float32)
     y = self._level_forward(0, x, deterministic, rngs, trace)
-    outputs = self.head(self.norm(y))
-    return outputs[:, :frames], padded
+    return self.head(self.norm(y))[:, :frames]
 
   def _run_blocks(self, blocks, x, deterministic, rngs, trace, skips=None):
     """Runs residual blocks in order; with `skips`, adds skips.pop() after each (unet up path)."""
@@ -150,20 +149,20 @@ class SaShiMiLM(nnx.Module):
 
   def _level_forward(self, k, x, deterministic, rngs, trace):
     """Level k on x (B, L_k, H_k) -> (B, L_k, H_k). `trace` (dict or None) collects inputs."""
-    t = None if trace is None else trace.setdefault(k, {})
-    sub = lambda name: None if t is None else t.setdefault(name, [])
+    level_trace = None if trace is None else trace.setdefault(k, {})
+    sub = lambda name: None if level_trace is None else level_trace.setdefault(name, [])
     if k == len(self.pool):
       return self._run_blocks(self.center_layers, x, deterministic, rngs, sub("center")) + x
     skips = [x]
     for block in self.down_layers[k]:
       x = self._run_blocks([block], x, deterministic, rngs, sub("down"))
       skips.append(x)
-    if t is not None:
-      t["down_pool"] = x
+    if level_trace is not None:
+      level_trace["down_pool"] = x
     y = self._level_forward(k + 1, self.down_pools[k](x), deterministic, rngs, trace)
     u = self.up_pools[k](y)
-    if t is not None:
-      t["up_pool"] = u
+    if level_trace is not None:
+      level_trace["up_pool"] = u
     u = u + skips.pop()
     if self.unet:
       return self._run_blocks(self.up_layers[k], u, deterministic, rngs, sub("up"), skips)
@@ -289,7 +288,7 @@ class SaShiMiLM(nnx.Module):
     block = self.rate_frames[-1]
     padded = (prompt_tokens // block + 1) * block
     trace = {}
-    outputs, _ = self._forward(
+    outputs = self._forward(
         jnp.pad(tokens, ((0, 0), (0, padded - prompt_tokens))), deterministic=True, rngs=None,
         trace=trace,
     )
