@@ -161,9 +161,14 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict) -> dict:
   note = ""
   try:
     model = build_model(config, nnx.Rngs(0))
-  except (NotImplementedError, ValueError) as e:  # e.g. a layer not available yet
-    note = f"{config.model.layer} unavailable ({e}); measured s4d"
-    config.model.layer, config.model.init = "s4d", "diag-lin"
+  except (NotImplementedError, ValueError) as e:
+    if config.model.layer == "s4" and "bilinear" in str(e):
+      # The DPLR recurrence is exact for the bilinear discretisation only.
+      note = f"disc={config.model.disc} unsupported by s4; measured disc=bilinear"
+      config.model.disc = "bilinear"
+    else:  # e.g. a layer not available yet
+      note = f"{config.model.layer} unavailable ({e}); measured s4d"
+      config.model.layer, config.model.init = "s4d", "diag-lin"
     model = build_model(config, nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   settings = sampling._Settings(  # pylint: disable=protected-access
