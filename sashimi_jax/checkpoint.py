@@ -111,9 +111,15 @@ class Checkpointer:
       ValueError: if any parameter or optimizer-state value is non-finite (never checkpointed).
     """
     weights = {k: state[k] for k in ("params", "opt_state") if k in state}
-    bad = [jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_leaves_with_path(weights)
-           if np.issubdtype(np.dtype(leaf.dtype), np.floating)
-           and not bool(np.isfinite(np.asarray(jax.device_get(leaf), np.float64)).all())]
+    paths_leaves = [(p, leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(weights)
+                    if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)]
+    # One small jitted reduction; its replicated result is readable on every host.
+    finite = np.ones(0, bool)
+    if paths_leaves:
+      finite = jax.jit(lambda leaves: jax.numpy.stack(
+          [jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves]))([l for _, l in paths_leaves])
+      finite = np.asarray(finite.addressable_data(0))
+    bad = [jax.tree_util.keystr(p) for (p, _), ok in zip(paths_leaves, finite) if not ok]
     if bad:
       raise ValueError(f"Refusing to checkpoint step {step}: non-finite values in "
                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.")
