@@ -167,14 +167,16 @@ def main(argv):
   rows = []
   for n_layers in map(int, _N_LAYERS.value):
     for layer in _LAYERS.value:
+      jobs = []
       if "train" in _PARTS.value:
-        rows += [train_row(layer, n_layers, int(n)) for n in _TRAIN_LENGTHS.value]
+        jobs += [(train_row, int(n)) for n in _TRAIN_LENGTHS.value]
       if "memory" in _PARTS.value:
-        rows += [memory_row(layer, n_layers, int(n)) for n in _MEMORY_LENGTHS.value]
+        jobs += [(memory_row, int(n)) for n in _MEMORY_LENGTHS.value]
       if "step" in _PARTS.value:
-        rows += [step_row(layer, n_layers, int(b)) for b in _BATCH_SIZES.value]
-      for row in rows[-1:]:
-        print(row, flush=True)
+        jobs += [(step_row, int(b)) for b in _BATCH_SIZES.value]
+      for fn, arg in jobs:
+        rows.append(fn(layer, n_layers, arg))
+        print(rows[-1], flush=True)
   keys = []
   for row in rows:
     keys += [k for k in row if k not in keys]
