@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
-
-import grain.checkpoint as grain_checkpoint  # pylint: disable=g-bad-import-order
+import grain.checkpoint as grain_checkpoint  # registers the grain iterator Orbax handler.
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "eval/bits_per_token"
@@ -32,8 +30,6 @@ BEST_METRIC = "eval/bits_per_token"
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
 _COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers",)
-
-del grain  # Imported for the side effect of grain.checkpoint being available.
 
 
 def checkpoint_dir(workdir: str) -> str:

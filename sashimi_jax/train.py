@@ -18,7 +18,6 @@ so a resumed run reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
-import functools
 import math
 import signal
 import threading
