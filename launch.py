@@ -11,10 +11,13 @@ cluster (TPU pod, SLURM, or JAX_COORDINATOR_ADDRESS set) every host runs the sam
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from sashimi_jax import console
 from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
@@ -38,13 +41,17 @@ def _is_multi_host() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top  (after flags: XLA_FLAGS may be set)
   if _is_multi_host():
     jax.distributed.initialize()
   from sashimi_jax import train  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, %d devices.", jax.process_index(), jax.process_count(),
                jax.device_count())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:  # bad config or data: one line, no traceback.
+    sys.exit(f"launch.py: error: {e}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from sashimi_jax import audio_summaries
+from sashimi_jax import console
 from sashimi_jax import sampling
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import stereo
@@ -303,6 +304,7 @@ def run(fv: flags.FlagValues) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_library_logs()
   try:
     code = run(flags.FLAGS)
   except (FileNotFoundError, ValueError) as e:

@@ -349,10 +349,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoint_lib.check_compatible(ckpt.saved_config(latest), config, workdir=workdir,
                                     step=latest)
 
-  graphdef, state, tx = init_train_state(config, mesh)
-  shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
+  # Data first: a missing folder or an empty split is reported before anything compiles.
   train_iter = pipeline.create_train_iterator(
       config.dataset, global_batch_size=int(config.train.batch_size), seed=int(config.seed))
+  eval_source = pipeline.create_eval_batches(
+      config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
+      max_batches=int(config.train.eval_batches))
+  graphdef, state, tx = init_train_state(config, mesh)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   if latest is not None:
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
@@ -417,9 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_bits = None
         if step % int(config.train.eval_every_steps) == 0 or is_last:
           if eval_batches is None:
-            eval_batches = list(pipeline.create_eval_batches(
-                config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
-                max_batches=int(config.train.eval_batches)))
+            eval_batches = list(eval_source)
           eval_scalars = evaluate(eval_step, state["params"], eval_batches, mesh,
                                   bool(config.dataset.is_stereo))
           eval_bits = eval_scalars["eval/bits_per_token"]
