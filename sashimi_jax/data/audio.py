@@ -219,25 +219,24 @@ class SequenceReader:
   def name(self, key: int) -> str:
     return f"item {key}"
 
-  def probe(self, key: int) -> AudioInfo:
+  def _load(self, key: int) -> np.ndarray:
+    """Item `key` as (frames, channels); any failure becomes a BadAudioError naming its cause."""
     try:
-      array = _as_frames(self.data_source[key])
+      return _as_frames(self.data_source[key])
     except BadAudioError:
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise BadAudioError(f"unreadable ({type(e).__name__}: {e})") from e
+
+  def probe(self, key: int) -> AudioInfo:
+    array = self._load(key)
     if array.shape[0] == 0:
       raise BadAudioError("no audio frames")
     return AudioInfo(key=key, name=self.name(key), frames=int(array.shape[0]),
                      sample_rate=self.sample_rate, channels=int(array.shape[1]))
 
   def read(self, key: int, start_frame: int, num_frames: int) -> np.ndarray:
-    try:
-      array = _as_frames(self.data_source[key])
-    except BadAudioError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise BadAudioError(f"unreadable ({type(e).__name__}: {e})") from e
+    array = self._load(key)
     data = array[start_frame:start_frame + num_frames]
     if data.shape[0] != num_frames:
       raise BadAudioError(f"holds {array.shape[0]} frames, fewer than the {start_frame + num_frames} read")
