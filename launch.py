@@ -51,6 +51,7 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:  # bad config or data: one line, no traceback.
+    logging.debug("Traceback of the error below:", exc_info=True)  # shown with --verbosity=1.
     sys.exit(f"launch.py: error: {e}")
 
 
