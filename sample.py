@@ -307,7 +307,9 @@ def main(argv):
   console.quiet_library_logs()
   try:
     code = run(flags.FLAGS)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError) as e:  # bad flags, files or checkpoint: one line.
+    # A caught ValueError may also be a bug: its traceback is shown with --verbosity=1.
+    logging.debug("Traceback of the error below:", exc_info=True)
     sys.exit(f"sample.py: error: {e}")
   sys.exit(code)
 

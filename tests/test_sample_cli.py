@@ -151,8 +151,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   done = subprocess.run([sys.executable, str(_ROOT / "sample.py"), f"--workdir={tmp_path}"],
                         capture_output=True, text=True, cwd=_ROOT, timeout=120, check=False)
   assert done.returncode != 0
-  assert "No checkpoints" in done.stderr
+  assert "sample.py: error: No checkpoints" in done.stderr
   assert "Traceback" not in done.stderr
+  # --verbosity=1 keeps the traceback (as launch.py does), since a caught error may be a bug.
+  verbose = subprocess.run([sys.executable, str(_ROOT / "sample.py"), f"--workdir={tmp_path}",
+                            "--verbosity=1"], capture_output=True, text=True, cwd=_ROOT,
+                           timeout=120, check=False)
+  assert verbose.returncode != 0
+  assert "Traceback" in verbose.stderr and "load_for_inference" in verbose.stderr
+  assert verbose.stderr.rstrip().endswith(done.stderr.rstrip().splitlines()[-1])
 
 
 def test_summary_samples_for_tensorboard():
