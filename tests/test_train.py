@@ -4,14 +4,18 @@ The end-to-end runs are subprocesses of `launch.py` on a very small stereo confi
 persistent XLA compilation cache, so only the first compiles the train step. They check that
 SIGKILL mid-run followed by a resume reproduces the uninterrupted run's losses exactly, that
 SIGTERM saves a checkpoint and exits cleanly, and that non-finite losses are skipped, logged and
-stop the run after `train.max_consecutive_nonfinite` in a row.
+stop the run after `train.max_consecutive_nonfinite` in a row. The uninterrupted run also writes
+generated audio and spectrograms at its evaluation; they are read back from the TensorBoard event
+file with a small TFRecord reader (no TensorFlow).
 """
 
+import io
 import json
 import math
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +27,9 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+import soundfile as sf
+from tensorboardX.crc32c import crc32c
+from tensorboardX.proto import event_pb2
 
 from sashimi_jax import checkpoint as checkpoint_lib
 from sashimi_jax import metrics as metrics_lib
@@ -30,6 +37,7 @@ from sashimi_jax import optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
+NUM_EVAL_SAMPLES = 2
 # A small stereo model on 64-token streams; constant schedule so that num_steps (changed between
 # runs below) does not enter the compiled step and the compilation cache is shared.
 SMALL_FLAGS = [
@@ -221,10 +229,39 @@ def _train_bits_by_step(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory, cache_dir):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}"),
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}",
+                              f"--config.train.num_eval_samples={NUM_EVAL_SAMPLES}"),
                       workdir, timeout=600)
   assert code == 0, log[-3000:]
   return workdir
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(directory) -> list:
+  """Every `Event` proto of the TensorBoard event files in `directory`, checksums verified.
+
+  An event file is a sequence of TFRecords: uint64 length, masked CRC32C of the length bytes,
+  the serialized Event, masked CRC32C of the data (all little-endian).
+  """
+  events = []
+  for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      header = data[offset:offset + 8]
+      (length,) = struct.unpack("<Q", header)
+      (header_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
+      assert header_crc == _masked_crc(header), f"corrupt record header in {path}"
+      record = data[offset + 12:offset + 12 + length]
+      (record_crc,) = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])
+      assert record_crc == _masked_crc(record), f"corrupt record in {path}"
+      events.append(event_pb2.Event.FromString(record))
+      offset += 16 + length
+  return events
 
 
 def test_metrics_jsonl_contents(uninterrupted_run):
@@ -248,6 +285,41 @@ def test_metrics_jsonl_contents(uninterrupted_run):
   # Checkpoints: every 4 steps and the end; the last K=2 (tiny config) plus the best are kept.
   steps = checkpoint_lib.Checkpointer(str(uninterrupted_run), create=False).all_steps()
   assert sorted(steps)[-2:] == [8, 12] and NUM_STEPS in steps
+
+
+def test_eval_writes_audio_and_spectrogram_summaries(uninterrupted_run):
+  values = {}  # tag -> (step, Summary.Value)
+  for event in read_events(uninterrupted_run / "tensorboard"):
+    for value in event.summary.value:
+      values[value.tag] = (event.step, value)
+  # Scalars are in the same file.
+  step, bits = values["train/bits_per_token"]
+  assert step == NUM_STEPS and math.isfinite(bits.simple_value)
+  assert "eval/bits_per_token_right" in values
+
+  from sashimi_jax import audio_summaries  # pylint: disable=g-import-not-at-top  (slow import)
+  sample_rate, frames = 16000, 32  # the tiny config's rate; clips are min(sample_len, 1 s).
+  expected_image = audio_summaries.spectrogram_image(np.zeros((frames, 2), np.float32),
+                                                     sample_rate).shape  # (H, W, 3)
+  clips = []
+  for i in range(NUM_EVAL_SAMPLES):
+    step, audio = values[f"samples/sample_{i}/audio"]
+    assert step == NUM_STEPS  # written at the (final) evaluation.
+    assert audio.audio.sample_rate == sample_rate
+    assert audio.audio.num_channels == 2 and audio.audio.length_frames == frames
+    assert audio.audio.content_type == "audio/wav"
+    clip, rate = sf.read(io.BytesIO(audio.audio.encoded_audio_string), dtype="float32")
+    assert rate == sample_rate
+    chex.assert_shape(clip, (frames, 2))
+    assert np.all(np.abs(clip) <= 1.0) and np.std(clip) > 0  # decoded tokens, not silence.
+    clips.append(clip)
+
+    step, image = values[f"samples/sample_{i}/spectrogram"]
+    assert step == NUM_STEPS
+    assert (image.image.height, image.image.width, image.image.colorspace) == expected_image
+    assert image.image.encoded_image_string.startswith(b"\x89PNG")
+  assert f"samples/sample_{NUM_EVAL_SAMPLES}/audio" not in values  # exactly num_eval_samples.
+  assert not np.array_equal(clips[0], clips[1])  # each sample has its own key.
 
 
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted_run, tmp_path, cache_dir):
