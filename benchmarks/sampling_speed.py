@@ -3,6 +3,7 @@
 Run (from the repository root):
   python benchmarks/sampling_speed.py                              # tiny + SC09, mono + stereo
   python benchmarks/sampling_speed.py --configs=tiny --batch_sizes=1 --num_tokens=4096
+  python benchmarks/sampling_speed.py --configs=sc09 --sc09_layers=s4d,s4   # SC09 with S4D too
 
 For every config x channels x batch size: generated tokens/s, ms per scan step and per token,
 real-time factor (seconds of audio generated per wall-clock second), compile time, and the same
@@ -46,6 +47,9 @@ _NUM_TOKENS = flags.DEFINE_integer("num_tokens", 2048, "Tokens generated per tim
 _LOOP_TOKENS = flags.DEFINE_integer("loop_tokens", 256, "Tokens per timed Python-loop run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (minimum reported).")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll.")
+_SC09_LAYERS = flags.DEFINE_list(
+    "sc09_layers", ["s4"], "S4 layer kinds to measure the SC09 config with: s4 (its own DPLR "
+    "layers, bilinear) and/or s4d (diagonal, diag-lin init, zoh), e.g. --sc09_layers=s4,s4d.")
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,7 +99,8 @@ def copy_gbytes_per_s(megabytes: int = 256, repeats: int = 5) -> float:
   return 3 * buffers[0].nbytes / _best_seconds(run, repeats) / 1e9
 
 
-def get_config(name: str, stereo: bool):
+def get_config(name: str, stereo: bool, layer: str | None = None):
+  """The benchmarked config; `layer="s4d"` swaps in diagonal S4D layers (init diag-lin, zoh)."""
   if name == "tiny":
     config = runpy.run_path(str(_ROOT / "configs" / "mono.py"))["get_config"]("tiny")
   elif name == "sc09":
@@ -103,6 +108,13 @@ def get_config(name: str, stereo: bool):
   else:
     raise ValueError(f"Unknown config {name!r}; use tiny or sc09.")
   config.dataset.is_stereo = stereo
+  if layer is not None and layer != config.model.layer:
+    if layer == "s4d":
+      config.model.update(layer="s4d", init="diag-lin", disc="zoh")
+    elif layer == "s4":
+      config.model.update(layer="s4", init="legs", disc="bilinear")
+    else:
+      raise ValueError(f"Unknown layer {layer!r}; use s4 or s4d.")
   return config
 
 
@@ -156,8 +168,10 @@ def _python_loop_seconds(model, batch_size: int, num_tokens: int, repeats: int) 
   return _best_seconds(run, repeats)
 
 
-def measure(name: str, stereo: bool, batch_size: int, ceilings: dict) -> dict:
-  config = get_config(name, stereo)
+def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
+            layer: str | None = None) -> dict:
+  """One table row: the compiled scan sampler and the Python step loop at one setting."""
+  config = get_config(name, stereo, layer)
   note = ""
   try:
     model = build_model(config, nnx.Rngs(0))
@@ -228,17 +242,20 @@ def main(argv):
   print(f"matmul {ceilings['matmul_gflops']} GFLOP/s, copy {ceilings['copy_gbytes_per_s']} GB/s "
         f"(read + write); {jax.device_count()} {jax.default_backend()} device(s)")
   rows = []
-  header = (f"{'config':>6} {'ch':>2} {'B':>3} {'ms/step':>9} {'ms/token':>9} {'cpu ms/t':>9} "
+  header = (f"{'config':>9} {'ch':>2} {'B':>3} {'ms/step':>9} {'ms/token':>9} {'cpu ms/t':>9} "
             f"{'tok/s':>9} "
             f"{'RTF':>7} {'loop ms':>9} {'xloop':>6} {'GFLOP/s':>8} {'%mm':>6} {'vs read':>8} "
             f"{'vs mm':>6} {'compile':>8}")
   print(header)
-  for name in _CONFIGS.value:
+  runs = [(name, layer) for name in _CONFIGS.value
+          for layer in (_SC09_LAYERS.value if name == "sc09" else [None])]
+  for name, layer in runs:
     for channels in _CHANNELS.value:
       for batch_size in (int(b) for b in _BATCH_SIZES.value):
-        row = measure(name, channels == "stereo", batch_size, ceilings)
+        row = measure(name, channels == "stereo", batch_size, ceilings, layer)
         rows.append(row)
-        print(f"{name:>6} {row['channels']:>2} {batch_size:>3} {row['step_ms']:9.4f} "
+        label = f"{name}/{row['layer']}"
+        print(f"{label:>9} {row['channels']:>2} {batch_size:>3} {row['step_ms']:9.4f} "
               f"{row['ms_per_token']:9.4f} {row['cpu_ms_per_token']:9.4f} "
               f"{row['tokens_per_s']:9d} "
               f"{row['real_time_factor']:7.3f} {row['python_loop_step_ms']:9.4f} "
