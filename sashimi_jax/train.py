@@ -273,15 +273,30 @@ def evaluate(eval_step: Callable, params, eval_batches: Iterable[dict], mesh,
   return result
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM: the loop finishes the current step, saves and returns."""
+class PreemptionSync:
+  """Decides, identically on every process, whether to save and stop after a step (SIGTERM).
+
+  A preemption notice (SIGTERM) may reach only some hosts, and at different steps; a checkpoint
+  is a collective operation, so all processes must pick the same step or they deadlock.
+  - With `jax.distributed` initialized, its preemption sync manager catches SIGTERM, tells every
+    process, and `multihost_utils.reached_preemption_sync_point(step)` turns True at the same step
+    everywhere (no per-step communication until a notice arrives).
+  - Otherwise a Python SIGTERM handler sets a local flag; on several processes (a pod run without
+    `jax.distributed`), the flags are OR-ed with `process_allgather` every step. On one process
+    that reduction is skipped: the flag is the answer.
+  Use as a context manager (installs/restores the handler) and call `should_stop(step)` after
+  every train step, on every process.
+  """
 
   def __init__(self):
-    self.requested = False
+    self.requested = False  # this process received SIGTERM (Python-handler mode).
     self._previous = None
+    self._use_sync_manager = jax.distributed.is_initialized()
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # The sync manager installed its own SIGTERM handler; a Python one would replace it.
+    if (not self._use_sync_manager
+        and threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -292,6 +307,17 @@ class _PreemptionFlag:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def should_stop(self, step: int) -> bool:
+    """True on every process at the same `step` once any process got SIGTERM."""
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if self._use_sync_manager:
+      return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
+    return bool(np.any(flags))
 
 
 def _write_samples(writer, config, graphdef, params, step: int) -> None:
@@ -304,6 +330,11 @@ def _write_samples(writer, config, graphdef, params, step: int) -> None:
   if not hasattr(sampling, "summary_samples"):
     logging.warning("sashimi_jax.sampling has no summary_samples(); no audio summaries.")
     return
+  if jax.process_index() != 0:  # only process 0 writes summaries; sampling is not collective.
+    return
+  # The params are replicated: sample from this host's copy, on one local device, so the
+  # sampler never waits for other hosts.
+  params = jax.tree_util.tree_map(lambda a: a.addressable_data(0), params)
   model = nnx.merge(graphdef, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 7), step)
   for name, value in sampling.summary_samples(model, config, key).items():
@@ -381,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_saved = latest
   previous_metrics = None
   try:
-    with _PreemptionFlag() as preemption:
+    with PreemptionSync() as preemption:
       while step < num_steps:
         local_batch = next(train_iter)
         state, step_metrics = train_step(state, sharding_lib.global_batch(mesh, local_batch))
@@ -435,13 +466,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.flush()
           interval_start = time.monotonic()  # evaluation time is not training throughput.
 
+        preempted = preemption.should_stop(step)  # the same answer on every process.
         if (step % int(config.train.checkpoint_every_steps) == 0 or is_last
-            or preemption.requested):
+            or preempted):
           _check_nonfinite(config, jax.device_get(step_metrics), step)
           ckpt.save(step, state, train_iter, config, eval_bits_per_token=eval_bits)
           last_saved = step
           interval_start = time.monotonic()
-        if preemption.requested:
+        if preempted:
           logging.warning("SIGTERM: saved step %d, exiting.", step)
           print(f"Preempted (SIGTERM): saved checkpoint at step {step}.", flush=True)
           break
