@@ -13,9 +13,11 @@ Data parallelism must keep per-chip memory flat as chips are added; the script e
 peak memory grows more than 10% from the smallest to the largest pod of the same TPU generation.
 """
 
+import json
 import os
 import runpy
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -27,6 +29,8 @@ _TOPOLOGIES = flags.DEFINE_list("topologies", ["v4:2x2x2", "v5e:4x4", "v5e:16x16
 _CASES = flags.DEFINE_list("cases", ["sc09", "youtubemix_stereo"], "Configs to compile.")
 _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 1, "Examples per chip per step.")
 _SHARD_OPT = flags.DEFINE_bool("shard_optimizer_state", False, "Split the optimizer state.")
+_SAMPLE_LEN = flags.DEFINE_integer("sample_len", 0, "Override dataset.sample_len (frames) for a "
+                                   "quicker probe; 0 keeps the config's.")
 
 MIB = 2**20
 
@@ -52,6 +56,8 @@ def compile_case(config, topology_name: str) -> dict:
   devices = topology.devices
   num_chips = len(devices)
   config.train.batch_size = _PER_CHIP_BATCH.value * num_chips
+  if _SAMPLE_LEN.value:
+    config.dataset.sample_len = _SAMPLE_LEN.value
   config.train.shard_optimizer_state = _SHARD_OPT.value
   config_lib.validate(config, num_devices=num_chips)
   mesh = sharding.create_mesh(devices)
@@ -61,7 +67,9 @@ def compile_case(config, topology_name: str) -> dict:
   batch_spec = jax.ShapeDtypeStruct((config.train.batch_size, tokens), jax.numpy.int32,
                                     sharding=sharding.batch_sharding(mesh))
   step = train.jit_train_step(config, graphdef, tx, mesh, shardings)
+  start = time.perf_counter()
   compiled = step.lower(abstract_state, {"x": batch_spec, "y": batch_spec}).compile()
+  compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -70,7 +78,8 @@ def compile_case(config, topology_name: str) -> dict:
   return {"chips": num_chips, "tokens_per_chip": _PER_CHIP_BATCH.value * tokens,
           "peak_mib": peak / MIB, "argument_mib": memory.argument_size_in_bytes / MIB,
           "temp_mib": memory.temp_size_in_bytes / MIB,
-          "tflops_per_chip": float(cost.get("flops", float("nan"))) / 1e12}
+          "tflops_per_chip": float(cost.get("flops", float("nan"))) / 1e12,
+          "compile_seconds": compile_seconds}
 
 
 def main(argv):
@@ -80,14 +89,16 @@ def main(argv):
     sys.path.insert(0, _LIBTPU_PATH.value)
   failures = []
   print(f"{'case':<18} {'topology':<10} {'chips':>5} {'tokens/chip':>11} {'peak MiB':>9} "
-        f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10}")
+        f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10} {'compile s':>9}")
+  rows = []
   for case in _CASES.value:
     by_generation = {}
     for topology_name in _TOPOLOGIES.value:
       r = compile_case(case_config(case), topology_name)
       print(f"{case:<18} {topology_name:<10} {r['chips']:>5} {r['tokens_per_chip']:>11,} "
             f"{r['peak_mib']:>9.1f} {r['argument_mib']:>9.1f} {r['temp_mib']:>9.1f} "
-            f"{r['tflops_per_chip']:>10.3f}", flush=True)
+            f"{r['tflops_per_chip']:>10.3f} {r['compile_seconds']:>9.0f}", flush=True)
+      rows.append(dict(r, case=case, topology=topology_name))
       by_generation.setdefault(topology_name.split(":")[0], []).append(r)
     for generation, results in by_generation.items():
       results.sort(key=lambda r: r["chips"])
@@ -95,6 +106,8 @@ def main(argv):
         failures.append(f"{case} on {generation}: per-chip peak grew from "
                         f"{results[0]['peak_mib']:.1f} MiB ({results[0]['chips']} chips) to "
                         f"{results[-1]['peak_mib']:.1f} MiB ({results[-1]['chips']} chips)")
+  print(json.dumps({"benchmark": "tpu_aot", "per_chip_batch": _PER_CHIP_BATCH.value,
+                    "rows": rows}))
   if failures:
     print("FAIL: " + "; ".join(failures))
     sys.exit(1)
