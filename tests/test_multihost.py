@@ -95,6 +95,17 @@ def test_initialize_is_called_exactly_when_needed():
     run("off", {}, coordinator_address="localhost:1234")
 
 
+def test_preemption_on_one_process_is_the_local_sigterm_flag():
+  from sashimi_jax import train  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGTERM)
+  with train.PreemptionSync() as preemption:
+    assert not preemption.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag, does not kill the test.
+    time.sleep(0.01)
+    assert preemption.should_stop(2) and preemption.should_stop(3)
+  assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back.
+
+
 # ------------------------------------------------------------------------------------------------
 # Two processes on localhost.
 
