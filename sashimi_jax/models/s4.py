@@ -169,7 +169,8 @@ class S4Block(nnx.Module):
     return jnp.where(keep, y / (1.0 - self.dropout), 0.0).astype(y.dtype)
 
   def _output(self, y):
-    y = self.output_linear(y)
+    # A 2-D (B*L, H) matmul: XLA:CPU's gradient of the 3-D dot_general is ~3x slower.
+    y = self.output_linear(y.reshape(-1, y.shape[-1])).reshape(y.shape[:-1] + (-1,))
     if self.final_act == "glu":
       a, b = jnp.split(y, 2, axis=-1)
       y = a * jax.nn.sigmoid(b)
