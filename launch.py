@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from sashimi_jax import compilation_cache
 from sashimi_jax import console
 from ml_collections import config_flags
 
@@ -42,6 +43,9 @@ _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for jax.distributed.initialize().")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of JAX processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", compilation_cache.DEFAULT_DIR,
+    "Persistent XLA compilation cache, so a resumed run skips recompiling ('' = off).")
 
 
 def _count(environ: Mapping[str, str], name: str) -> int:
@@ -138,6 +142,9 @@ def main(argv):
   console.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top  (after flags: XLA_FLAGS may be set)
   try:
+    cache_dir = compilation_cache.enable(_COMPILATION_CACHE_DIR.value)
+    if cache_dir:
+      logging.info("XLA compilation cache: %s", cache_dir)
     reason = initialize_distributed(
         _DISTRIBUTED.value, os.environ, coordinator_address=_COORDINATOR_ADDRESS.value,
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
