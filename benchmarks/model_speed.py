@@ -75,8 +75,9 @@ def _abstract_model(layer, n_layers, length):
 
 
 def _init_params(layer, n_layers, length):
-  # Initialise inside jit: one compiled program instead of hundreds of eager ops.
-  return jax.jit(lambda: nnx.split(make_model(layer, n_layers, length))[1])()
+  # Eager: one jit-compiled init of the SC09 model took 138-142 s to compile (S4D and DPLR,
+  # shared machine), the eager build 12-36 s, since eager ops of equal shapes share compiles.
+  return nnx.split(make_model(layer, n_layers, length))[1]
 
 
 def train_row(layer: str, n_layers: int, length: int) -> dict:

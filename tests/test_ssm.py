@@ -271,3 +271,14 @@ def test_s4d_kernel_memory_is_not_hnl():
   hnl_bytes = H * N * L * 4
   # Measured ~75 MB temp (~1.1x the 67 MB output); allow 2x the output = HNL / 32.
   assert stats.temp_size_in_bytes < 2 * H * L * 4 == hnl_bytes // 32, stats.temp_size_in_bytes
+
+
+def test_dplr_solve_matches_float64_and_pivots():
+  # Zero diagonal entries need row exchanges; the second matrix is a random one.
+  rng = np.random.default_rng(0)
+  swap = np.array([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.5, 3.0]])
+  a = np.stack([swap, rng.normal(size=(3, 3)) + 3.0 * np.eye(3)])
+  b = rng.normal(size=(2, 3))
+  x = jax.jit(dplr.solve)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(np.asarray(x), np.linalg.solve(a, b[..., None])[..., 0],
+                             rtol=1e-5, atol=1e-6)

@@ -129,6 +129,35 @@ def c_tilde_from_c(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> jax.A
   return c_from_real(c - jnp.einsum("hn,hnm->hm", c, A_pow, precision=_HIGHEST))
 
 
+def solve(a: jax.Array, b: jax.Array) -> jax.Array:
+  """x with a x = b for (H, N, N) a and (H, N) b: Gauss-Jordan with partial pivoting.
+
+  Written with lax ops instead of jnp.linalg.solve: a program holding about 24 of XLA:CPU's
+  LAPACK LU custom calls (the SC09 model's DPLR recurrences) deadlocks when executed (jax
+  0.10.2, measured: never returns, all threads idle), so the SC09 sampler never started.
+  """
+  num_state = a.shape[-1]
+  aug = jnp.concatenate([a, b[..., None]], axis=-1)  # (H, N, N + 1)
+  rows = jnp.arange(num_state)
+
+  def eliminate(j, aug):
+    col = jax.lax.dynamic_index_in_dim(aug, j, axis=2, keepdims=False)  # (H, N)
+    pivot = jnp.argmax(jnp.where(rows >= j, jnp.abs(col), -1.0), axis=-1)  # (H,)
+    pivot_row = jnp.take_along_axis(aug, pivot[:, None, None], axis=1)  # (H, 1, N + 1)
+    row_j = jax.lax.dynamic_slice_in_dim(aug, j, 1, axis=1)  # (H, 1, N + 1)
+    is_pivot = (rows[None, :] == pivot[:, None])[..., None]
+    aug = jnp.where(is_pivot, row_j, aug)  # swap rows j and pivot
+    pivot_row = pivot_row / jax.lax.dynamic_slice_in_dim(pivot_row, j, 1, axis=2)
+    factors = jnp.where((rows == j)[None, :], 0.0, col)  # column j after the swap:
+    factors = jnp.where(rows[None, :] == pivot[:, None], jnp.take_along_axis(
+        col, jnp.full_like(pivot, j)[:, None], axis=1), factors)[..., None]  # (H, N, 1)
+    aug = aug - factors * pivot_row
+    return jax.lax.dynamic_update_slice_in_dim(aug, pivot_row, j, axis=1)
+
+  aug = jax.lax.fori_loop(0, num_state, eliminate, aug)
+  return aug[..., -1]
+
+
 def _halves(x):
   n2 = x.shape[-1] // 2
   return x[..., :n2], x[..., n2:]
@@ -149,7 +178,7 @@ def dplr_recurrence(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> dict
   A_pow = matrix_power(A_bar, length)
   eye = jnp.eye(A_bar.shape[-1], dtype=jnp.float32)
   # c^T (I - A^L) = c~^T  <=>  (I - A^L)^T c = c~.
-  c = jnp.linalg.solve(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C)[..., None])[..., 0]
+  c = solve(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C))
   dt, d, u2, v, _ = _sherman_morrison(log_dt, log_A_real, A_imag, B, P)
   return {"A_bar": A_bar, "B_bar": _halves(B_bar), "C": _halves(c), "scale": 4.0 / dt,
           "d": (jnp.real(d), jnp.imag(d)), "u2": _halves(u2), "v": _halves(v)}
