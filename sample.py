@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from sashimi_jax import audio_summaries
+from sashimi_jax import compilation_cache
 from sashimi_jax import console
 from sashimi_jax import sampling
 from sashimi_jax.data import pipeline
@@ -66,6 +67,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_integer("chunk_tokens", 4096, "Tokens per compiled segment (progress updates).",
                        flag_values=fv)
+  flags.DEFINE_string("compilation_cache_dir", compilation_cache.DEFAULT_DIR,
+                      "Persistent XLA compilation cache, so repeated sampling jobs skip "
+                      "recompiling ('' = off).", flag_values=fv)
 
 
 def _head_kwargs(config) -> dict[str, Any]:
@@ -306,6 +310,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.quiet_library_logs()
   try:
+    compilation_cache.enable(flags.FLAGS.compilation_cache_dir)
     code = run(flags.FLAGS)
   except (FileNotFoundError, ValueError) as e:  # bad flags, files or checkpoint: one line.
     # A caught ValueError may also be a bug: its traceback is shown with --verbosity=1.
