@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sashimi_jax.models import layers
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
@@ -26,16 +27,6 @@ LAYERS = ("s4", "s4d")
 FINAL_ACTS = ("glu", "id")
 DEFAULT_INIT = {"s4": "legs", "s4d": "diag-lin"}
 DEFAULT_DISC = {"s4": "bilinear", "s4d": "zoh"}
-
-
-def _torch_linear_init(fan_in: int):
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch.nn.Linear's default for weights and bias."""
-  bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 class SSMKernel(nnx.Module):
@@ -156,9 +147,7 @@ class S4Block(nnx.Module):
         dt_min=dt_min, dt_max=dt_max, l_max=l_max, rngs=rngs)
     self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
     d_out = 2 * d_model if final_act == "glu" else d_model
-    self.output_linear = nnx.Linear(
-        d_model, d_out, kernel_init=_torch_linear_init(d_model),
-        bias_init=_torch_linear_init(d_model), rngs=rngs)
+    self.output_linear = layers.torch_linear(d_model, d_out, rngs=rngs)
 
   def _dropout(self, y, deterministic, rngs):
     if deterministic or self.dropout == 0.0:
@@ -169,8 +158,7 @@ class S4Block(nnx.Module):
     return jnp.where(keep, y / (1.0 - self.dropout), 0.0).astype(y.dtype)
 
   def _output(self, y):
-    # A 2-D (B*L, H) matmul: XLA:CPU's gradient of the 3-D dot_general is ~3x slower.
-    y = self.output_linear(y.reshape(-1, y.shape[-1])).reshape(y.shape[:-1] + (-1,))
+    y = self.output_linear(y)  # a 2-D (B*L, H) matmul inside: see layers.Dense.
     if self.final_act == "glu":
       a, b = jnp.split(y, 2, axis=-1)
       y = a * jax.nn.sigmoid(b)
