@@ -21,6 +21,7 @@ import pytest
 
 from sashimi_jax import checkpoint as checkpoint_lib
 from sashimi_jax import metrics as metrics_lib
+import launch_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,20 +110,8 @@ def test_preemption_on_one_process_is_the_local_sigterm_flag():
 # ------------------------------------------------------------------------------------------------
 # Two processes on localhost.
 
-SMALL_FLAGS = [
-    "--config=configs/stereo_temporal.py:tiny",
-    "--config.dataset.sample_len=32",
-    "--config.model.n_layers=1",
-    "--config.model.d_model=8",
-    "--config.model.pool=(2,)",
-    "--config.model.d_state=4",
-    "--config.model.ff=1",
-    "--config.train.batch_size=2",  # one clip per process.
-    "--config.train.schedule=constant",
-    "--config.train.warmup_steps=2",
-    "--config.train.log_every_steps=1",
-    "--config.train.eval_every_steps=1000",
-    "--config.train.eval_batches=1",
+SMALL_FLAGS = [  # batch_size 2 there: one clip per process.
+    *launch_fixtures.SMALL_RUN_FLAGS,
     "--config.train.checkpoint_every_steps=1000",
     "--config.train.num_steps=1000",
 ]

@@ -34,26 +34,13 @@ from tensorboardX.proto import event_pb2
 from sashimi_jax import checkpoint as checkpoint_lib
 from sashimi_jax import metrics as metrics_lib
 from sashimi_jax import optim
+import launch_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
 NUM_EVAL_SAMPLES = 2
-# A small stereo model on 64-token streams; constant schedule so that num_steps (changed between
-# runs below) does not enter the compiled step and the compilation cache is shared.
 SMALL_FLAGS = [
-    "--config=configs/stereo_temporal.py:tiny",
-    "--config.dataset.sample_len=32",
-    "--config.model.n_layers=1",
-    "--config.model.d_model=8",
-    "--config.model.pool=(2,)",
-    "--config.model.d_state=4",
-    "--config.model.ff=1",
-    "--config.train.batch_size=2",
-    "--config.train.schedule=constant",
-    "--config.train.warmup_steps=2",
-    "--config.train.log_every_steps=1",
-    "--config.train.eval_every_steps=1000",
-    "--config.train.eval_batches=1",
+    *launch_fixtures.SMALL_RUN_FLAGS,
     "--config.train.checkpoint_every_steps=4",
 ]
 # Runs launch.py after patching sashimi_jax.sharding.global_batch: each training batch waits
