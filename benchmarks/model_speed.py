@@ -80,6 +80,17 @@ def _init_params(layer, n_layers, length):
   return nnx.split(make_model(layer, n_layers, length))[1]
 
 
+def _best_wall_and_cpu_seconds(run_once) -> tuple[float, float]:
+  """Minimum wall and minimum process CPU seconds of --repeats calls of `run_once` (warm)."""
+  best, best_cpu = math.inf, math.inf
+  for _ in range(_REPEATS.value):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    run_once()
+    best = min(best, time.perf_counter() - start)
+    best_cpu = min(best_cpu, time.process_time() - start_cpu)
+  return best, best_cpu
+
+
 def train_row(layer: str, n_layers: int, length: int) -> dict:
   """Measures one training step configuration (batch 1)."""
   graphdef, abstract_params = _abstract_model(layer, n_layers, length)
@@ -94,13 +105,13 @@ def train_row(layer: str, n_layers: int, length: int) -> dict:
   compile_seconds = time.perf_counter() - start
   params, opt_state, loss = compiled(params, opt_state, x, y)  # warm-up
   jax.block_until_ready(loss)
-  best, best_cpu = math.inf, math.inf
-  for _ in range(_REPEATS.value):
-    start, start_cpu = time.perf_counter(), time.process_time()
+
+  def train_once():
+    nonlocal params, opt_state, loss
     params, opt_state, loss = compiled(params, opt_state, x, y)
     jax.block_until_ready(loss)
-    best = min(best, time.perf_counter() - start)
-    best_cpu = min(best_cpu, time.process_time() - start_cpu)
+
+  best, best_cpu = _best_wall_and_cpu_seconds(train_once)
   num_params = sum(p.size for p in jax.tree.leaves(abstract_params))
   return {"part": "train", "layer": layer, "n_layers": n_layers, "params": num_params,
           "tokens": length, "batch_size": 1, "step_s": round(best, 4),
@@ -149,12 +160,7 @@ def step_row(layer: str, n_layers: int, batch_size: int) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(run(params, tokens))
   compile_seconds = time.perf_counter() - start
-  best, best_cpu = math.inf, math.inf
-  for _ in range(_REPEATS.value):
-    start, start_cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(run(params, tokens))
-    best = min(best, time.perf_counter() - start)
-    best_cpu = min(best_cpu, time.process_time() - start_cpu)
+  best, best_cpu = _best_wall_and_cpu_seconds(lambda: jax.block_until_ready(run(params, tokens)))
   step_ms = best / num_steps * 1e3
   return {"part": "step", "layer": layer, "n_layers": n_layers, "batch_size": batch_size,
           "step_ms": round(step_ms, 4), "ms_per_token": round(step_ms / batch_size, 5),

@@ -54,11 +54,8 @@ _SC09_LAYERS = flags.DEFINE_list(
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-_CPU_SECONDS = []  # process CPU seconds of the best run of the last _best_seconds call
-
-
-def _best_seconds(fn, repeats: int) -> float:
-  """Minimum wall seconds of `repeats` runs after a warm-up; also records their CPU seconds.
+def _best_wall_and_cpu_seconds(fn, repeats: int) -> tuple[float, float]:
+  """Minimum wall seconds and minimum process CPU seconds of `repeats` runs after a warm-up.
 
   On a shared machine the process CPU time of a mostly single-threaded run is a steadier
   estimate of the unshared speed than the wall time.
@@ -70,8 +67,12 @@ def _best_seconds(fn, repeats: int) -> float:
     jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - start)
     best_cpu = min(best_cpu, time.process_time() - start_cpu)
-  _CPU_SECONDS[:] = [best_cpu]
-  return best
+  return best, best_cpu
+
+
+def _best_seconds(fn, repeats: int) -> float:
+  """Minimum wall seconds of `repeats` runs after a warm-up."""
+  return _best_wall_and_cpu_seconds(fn, repeats)[0]
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
@@ -199,8 +200,8 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
   start = time.perf_counter()
   jax.block_until_ready(run())
   compile_seconds = time.perf_counter() - start
-  seconds = _best_seconds(run, _REPEATS.value)
-  cpu_step_ms = _CPU_SECONDS[0] / num_tokens * 1e3
+  seconds, cpu_seconds = _best_wall_and_cpu_seconds(run, _REPEATS.value)
+  cpu_step_ms = cpu_seconds / num_tokens * 1e3
   step_ms = seconds / num_tokens * 1e3
   tokens_per_s = batch_size * num_tokens / seconds
   channels = 2 if stereo else 1
