@@ -28,3 +28,19 @@ def test_invalid_config_names_the_field(tmp_path):
   assert "launch.py: error: Invalid config" in result.stderr, result.stderr
   assert "dataset.bits" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_mistyped_override_is_one_line_with_suggestion(tmp_path):
+  result = _launch(tmp_path, "--config.model.d_modle=32")
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      "launch.py: error: --config.model.d_modle: the config has no field 'd_modle' "
+      "(did you mean 'd_model'?)"), result.stderr
+
+
+def test_override_of_wrong_type_is_one_line(tmp_path):
+  result = _launch(tmp_path, "--config.model.d_model=abc")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("launch.py: error: flag --config.model.d_model"), (
+      result.stderr)

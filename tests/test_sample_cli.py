@@ -162,6 +162,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   assert verbose.stderr.rstrip().endswith(done.stderr.rstrip().splitlines()[-1])
 
 
+def test_bad_flag_value_is_one_line(tmp_path):
+  done = subprocess.run([sys.executable, str(_ROOT / "sample.py"), f"--workdir={tmp_path}",
+                         "--num_samples=abc"], capture_output=True, text=True, cwd=_ROOT,
+                        timeout=120, check=False)
+  assert done.returncode == 1
+  assert done.stderr.strip() == ("sample.py: error: flag --num_samples=abc: invalid literal for "
+                                 "int() with base 10: 'abc'"), done.stderr
+
+
 def test_summary_samples_for_tensorboard():
   frames = 24
   config = stereo_config("blocking", frames)
