@@ -10,14 +10,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sashimi_jax import heads
+from sashimi_jax import optim
+from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
+from sashimi_jax.models import s4
+from sashimi_jax.models.ssm import discretize
 
-LAYERS = ("s4", "s4d")
-OUTPUT_HEADS = ("categorical", "dml")
-QUANTIZATIONS = ("mu-law", "linear")
-SCHEDULES = ("cosine", "constant", "plateau")
-DISCRETIZATIONS = ("zoh", "bilinear")
-MIN_BITS, MAX_BITS = 8, 16
+# Each list of allowed values is declared by the module that implements it.
+LAYERS = s4.LAYERS
+FINAL_ACTS = s4.FINAL_ACTS
+OUTPUT_HEADS = heads.HEADS
+QUANTIZATIONS = quantize.METHODS
+SCHEDULES = optim.SCHEDULES
+DISCRETIZATIONS = discretize.DISCRETIZATIONS
+MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 
 def token_stream_length(dataset_cfg) -> int:
@@ -145,7 +152,7 @@ def find_problems(config, *, num_devices: int | None = None,
 
   # model
   m = "model"
-  _check_choice(config, f"{m}.layer", LAYERS, problems)
+  layer = _check_choice(config, f"{m}.layer", LAYERS, problems)
   _check_int(config, f"{m}.d_model", problems, minimum=1)
   _check_int(config, f"{m}.n_layers", problems, minimum=1)
   pool = _get(config, f"{m}.pool", problems)
@@ -163,14 +170,17 @@ def find_problems(config, *, num_devices: int | None = None,
     problems.append(f"{m}.n_ssm={n_ssm!r} must be a positive integer, or None for one SSM per "
                     "channel.")
   _check_float(config, f"{m}.dropout", problems, minimum=0.0, maximum=0.99)
-  final_act = _get(config, f"{m}.final_act", problems)
-  if final_act is not None and not isinstance(final_act, str):
-    problems.append(f"{m}.final_act={final_act!r} must be a string such as 'glu' or 'id'.")
+  _check_choice(config, f"{m}.final_act", FINAL_ACTS, problems)
   init = _get(config, f"{m}.init", problems)
-  if init is not None and (not isinstance(init, str) or not init):
-    problems.append(f"{m}.init={init!r} must be a non-empty string such as 'legs' or 'diag-lin'.")
-  disc = _check_choice(config, f"{m}.disc", DISCRETIZATIONS, problems)
-  if _get(config, f"{m}.layer", []) == "s4" and disc == "zoh":
+  if init is not None and layer is not None and init not in s4.INITS[layer]:
+    problems.append(f"{m}.init={init!r} does not fit layer={layer!r}; choose one of "
+                    f"{', '.join(map(repr, s4.INITS[layer]))}, or None for the layer's default "
+                    f"{s4.DEFAULT_INIT[layer]!r}.")
+  disc = _get(config, f"{m}.disc", problems)
+  if disc is not None and disc not in DISCRETIZATIONS:
+    problems.append(f"{m}.disc={disc!r} is unknown; choose one of "
+                    f"{', '.join(map(repr, DISCRETIZATIONS))}, or None for the layer's default.")
+  if layer == "s4" and disc == "zoh":
     problems.append(f"{m}.disc='zoh' is not available for layer='s4' (DPLR); use 'bilinear', or "
                     "layer='s4d'.")
   dt_min = _check_float(config, f"{m}.dt_min", problems, minimum=0.0, strict_min=True)

@@ -42,8 +42,9 @@ Number = Union[float, int]
 def _check_head(head: str, bits: int, n_mixtures: int) -> None:
   if head not in HEADS:
     raise ValueError(f"Unknown output head {head!r}; expected one of {HEADS}.")
-  if not isinstance(bits, int) or not 1 <= bits <= 16:
-    raise ValueError(f"bits must be an int in [1, 16], got {bits!r}.")
+  # Any positive width works here; the range a run may use is the quantizer's (quantize.MIN_BITS..).
+  if not isinstance(bits, int) or bits < 1:
+    raise ValueError(f"bits must be a positive int, got {bits!r}.")
   if head == "dml" and (not isinstance(n_mixtures, int) or n_mixtures < 1):
     raise ValueError(f"The 'dml' head needs n_mixtures >= 1, got {n_mixtures!r}.")
 

@@ -61,6 +61,9 @@ def param_labels(params) -> Any:
   return jax.tree_util.tree_map_with_path(label_of, params)
 
 
+SCHEDULES = ("cosine", "constant", "plateau")
+
+
 def learning_rate_schedule(train_cfg, peak_learning_rate: float) -> optax.Schedule:
   """Linear warmup from 0 over `warmup_steps`, then cosine decay to 0, or constant (also plateau).
 

@@ -126,7 +126,8 @@ def test_batch_not_divisible_by_devices():
     ("dataset.quantization", "a-law", "dataset.quantization='a-law' is unknown"),
     ("train.schedule", "linear", "train.schedule='linear' is unknown"),
     ("model.disc", "euler", "model.disc='euler' is unknown"),
-    ("model.layer", "s4", "model.disc='zoh' is not available for layer='s4'"),
+    ("model.init", "legs", "model.init='legs' does not fit layer='s4d'"),
+    ("model.final_act", "relu", "model.final_act='relu' is unknown"),
     ("model.dt_min", 0.5, "model.dt_min=0.5 must be <= model.dt_max=0.1"),
     ("dataset.valid_fraction", 0.0, "dataset.valid_fraction=0.0 must be > 0"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan must be a finite number"),
@@ -142,6 +143,14 @@ def test_each_bad_field_has_a_clear_message(field, value, expected):
   as_dict[section][name] = value  # via a dict: ConfigDict would refuse some wrong types itself.
   message = _one_problem(ml_collections.ConfigDict(as_dict))
   assert expected in message, message
+
+
+def test_switching_layer_names_the_fields_that_no_longer_fit():
+  config = get_config("stereo_temporal", "tiny")  # S4D: init diag-lin, disc zoh.
+  config.model.layer = "s4"
+  problems = config_lib.find_problems(config)
+  assert any("model.init='diag-lin' does not fit layer='s4'" in p for p in problems), problems
+  assert any("model.disc='zoh' is not available for layer='s4'" in p for p in problems), problems
 
 
 def test_validate_lists_every_problem_at_once():

@@ -27,6 +27,7 @@ LAYERS = ("s4", "s4d")
 FINAL_ACTS = ("glu", "id")
 DEFAULT_INIT = {"s4": "legs", "s4d": "diag-lin"}
 DEFAULT_DISC = {"s4": "bilinear", "s4d": "zoh"}
+INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
 
 
 class SSMKernel(nnx.Module):
