@@ -49,6 +49,7 @@ def compile_case(config, topology_name: str) -> dict:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from sashimi_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from sashimi_jax import state as state_lib  # pylint: disable=g-import-not-at-top
 
   topology = topologies.get_topology_desc(
       platform="tpu", topology_name=topology_name, chip_config_name="default",
@@ -61,7 +62,7 @@ def compile_case(config, topology_name: str) -> dict:
   config.train.shard_optimizer_state = _SHARD_OPT.value
   config_lib.validate(config, num_devices=num_chips)
   mesh = sharding.create_mesh(devices)
-  graphdef, abstract_state, tx = train.abstract_train_state(config, mesh)
+  graphdef, abstract_state, tx = state_lib.abstract_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract_state)
   tokens = config_lib.token_stream_length(config.dataset)
   batch_spec = jax.ShapeDtypeStruct((config.train.batch_size, tokens), jax.numpy.int32,

@@ -21,6 +21,7 @@ import numpy as np
 
 from sashimi_jax import config as config_lib
 from sashimi_jax import sharding
+from sashimi_jax import state as state_lib
 from sashimi_jax import train
 
 _CASES = flags.DEFINE_list("cases", ["tiny_mono", "tiny_stereo", "sc09_mono", "sc09_stereo"],
@@ -48,7 +49,7 @@ def case_config(name: str):
 def time_case(config) -> dict:
   """Compiles the train step and times `--steps` steps; returns the measurements."""
   mesh = sharding.create_mesh()
-  graphdef, state, tx = train.init_train_state(config, mesh)
+  graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   step = train.jit_train_step(config, graphdef, tx, mesh, shardings)
   tokens = config_lib.token_stream_length(config.dataset)

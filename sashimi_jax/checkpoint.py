@@ -149,13 +149,24 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
 
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Restores only the parameters saved at `step` (not the optimizer state) into
+    `abstract_params` (a pytree of jax.ShapeDtypeStruct with `.sharding`)."""
+    restore_args = jax.tree_util.tree_map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
+        abstract_params)
+    args = ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                  restore_args={"params": restore_args}, partial_restore=True)
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+    return restored["state"]["params"]
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
 
 def load_for_inference(workdir: str, step: int | None = None):
-  """Rebuilds the trained model from a checkpoint, for sampling.
+  """Rebuilds the trained model from a checkpoint's parameters (no optimizer state), for sampling.
 
   Args:
     workdir: the training run's --workdir.
@@ -168,7 +179,7 @@ def load_for_inference(workdir: str, step: int | None = None):
     FileNotFoundError: if `workdir` holds no checkpoint (or not `step`).
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from sashimi_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
+  from sashimi_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (builds models)
 
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
@@ -185,10 +196,12 @@ def load_for_inference(workdir: str, step: int | None = None):
       raise FileNotFoundError(f"No checkpoint for step {step} in {directory}; saved steps: "
                               f"{sorted(steps)}.")
     config = ml_collections.ConfigDict(ckpt.saved_config(step))
-    mesh = train.sharding_lib.create_mesh(jax.local_devices()[:1])
-    graphdef, abstract_state, _ = train.abstract_train_state(config, mesh)
-    state = ckpt.restore(step, abstract_state)
+    graphdef, abstract_params = state_lib.abstract_params(config)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params)
+    params = ckpt.restore_params(step, abstract_params)
   finally:
     ckpt.close()
-  model = nnx.merge(graphdef, state["params"])
+  model = nnx.merge(graphdef, params)
   return config, model, int(step)

@@ -264,13 +264,6 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
           "mean_entropy": entropy_sum / jnp.float32(num_tokens)}
 
 
-def summary_samples(model, config, key: jax.Array) -> dict[str, Any]:
-  """TensorBoard audio + spectrograms of a few fresh samples; see `audio_summaries`."""
-  from sashimi_jax import audio_summaries  # pylint: disable=g-import-not-at-top  (imports us)
-
-  return audio_summaries.summary_samples(model, config, key)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "zero_token"))
 def _teacher_forced(params, targets, *, graphdef, zero_token):
   model = nnx.merge(graphdef, params)

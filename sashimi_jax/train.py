@@ -33,12 +33,14 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from sashimi_jax import audio_summaries
 from sashimi_jax import checkpoint as checkpoint_lib
 from sashimi_jax import config as config_lib
 from sashimi_jax import heads
 from sashimi_jax import metrics as metrics_lib
 from sashimi_jax import optim
 from sashimi_jax import sharding as sharding_lib
+from sashimi_jax import state as state_lib
 
 LN2 = math.log(2.0)
 TrainState = dict  # see the module docstring for its keys.
@@ -46,12 +48,6 @@ TrainState = dict  # see the module docstring for its keys.
 
 class NonFiniteError(FloatingPointError):
   """Too many consecutive non-finite losses/gradients."""
-
-
-def build_model(config: ml_collections.ConfigDict, seed: int):
-  """The SaShiMiLM of `config`, parameters initialised from `seed`."""
-  from sashimi_jax import models  # pylint: disable=g-import-not-at-top
-  return models.build_model(config, nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def channel_map(dataset_cfg) -> np.ndarray:
@@ -182,67 +178,6 @@ def make_eval_step(config, graphdef, mesh) -> Callable:
   return eval_step
 
 
-def _initial_counters() -> dict[str, Any]:
-  return {
-      "step": jnp.zeros((), jnp.int32),
-      "lr_scale": jnp.ones((), jnp.float32),
-      "nonfinite_consecutive": jnp.zeros((), jnp.int32),
-      "nonfinite_total": jnp.zeros((), jnp.int32),
-      "plateau_best_bits": jnp.full((), jnp.inf, jnp.float32),
-      "plateau_bad_evals": jnp.zeros((), jnp.int32),
-  }
-
-
-def state_shardings(config, mesh, abstract_state) -> dict:
-  """NamedShardings of the train state: replicated, except a sharded optimizer state if asked."""
-  rep = sharding_lib.replicated(mesh)
-  out = jax.tree_util.tree_map(lambda _: rep, abstract_state)
-  out["opt_state"] = sharding_lib.optimizer_state_shardings(
-      mesh, abstract_state["opt_state"], shard=bool(config.train.shard_optimizer_state))
-  return out
-
-
-def abstract_train_state(config, mesh):
-  """Shapes and shardings of the train state, without computing anything.
-
-  Returns:
-    (graphdef, abstract_state, tx): abstract_state is a pytree of jax.ShapeDtypeStruct with
-    `.sharding` set.
-  """
-  abstract_model = nnx.eval_shape(lambda: build_model(config, int(config.seed)))
-  graphdef, abstract_params = nnx.split(abstract_model)
-  abstract_params = nnx.to_pure_dict(abstract_params)
-  tx = optim.create_optimizer(config.train)
-  abstract_state = dict(
-      jax.eval_shape(_initial_counters),
-      params=abstract_params,
-      opt_state=jax.eval_shape(tx.init, abstract_params))
-  shardings = state_shardings(config, mesh, abstract_state)
-  abstract_state = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  return graphdef, abstract_state, tx
-
-
-def init_train_state(config, mesh):
-  """Builds the model and a fresh train state placed on `mesh`.
-
-  Returns:
-    (graphdef, state, tx).
-  """
-  model = build_model(config, int(config.seed))
-  graphdef, params = nnx.split(model)
-  params = nnx.to_pure_dict(params)
-  tx = optim.create_optimizer(config.train)
-  rep = sharding_lib.replicated(mesh)
-  params = jax.device_put(params, rep)
-  abstract_opt = jax.eval_shape(tx.init, params)
-  opt_shardings = sharding_lib.optimizer_state_shardings(
-      mesh, abstract_opt, shard=bool(config.train.shard_optimizer_state))
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  state = dict(jax.device_put(_initial_counters(), rep), params=params, opt_state=opt_state)
-  return graphdef, state, tx
-
-
 def jit_train_step(config, graphdef, tx, mesh, state_sharding):
   """The compiled train step with in/out shardings and the state donated."""
   step_fn = make_train_step(config, graphdef, tx, mesh)
@@ -321,15 +256,7 @@ class PreemptionSync:
 
 
 def _write_samples(writer, config, graphdef, params, step: int) -> None:
-  """Audio/spectrogram summaries from sampling.summary_samples, when that module exists."""
-  try:
-    from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.warning("train.num_eval_samples > 0 but sashimi_jax.sampling is unavailable.")
-    return
-  if not hasattr(sampling, "summary_samples"):
-    logging.warning("sashimi_jax.sampling has no summary_samples(); no audio summaries.")
-    return
+  """Audio/spectrogram summaries of a few fresh samples (audio_summaries.summary_samples)."""
   if jax.process_index() != 0:  # only process 0 writes summaries; sampling is not collective.
     return
   # The params are replicated: sample from this host's copy, on one local device, so the
@@ -337,7 +264,7 @@ def _write_samples(writer, config, graphdef, params, step: int) -> None:
   params = jax.tree_util.tree_map(lambda a: a.addressable_data(0), params)
   model = nnx.merge(graphdef, params)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 7), step)
-  for name, value in sampling.summary_samples(model, config, key).items():
+  for name, value in audio_summaries.summary_samples(model, config, key).items():
     if isinstance(value, tuple):
       audio, sample_rate = value
       writer.write_audio(step, f"samples/{name}", np.asarray(audio), sample_rate)
@@ -386,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_source = pipeline.create_eval_batches(
       config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
       max_batches=int(config.train.eval_batches))
-  graphdef, state, tx = init_train_state(config, mesh)
+  graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   if latest is not None:
     abstract = jax.tree_util.tree_map(

@@ -17,6 +17,7 @@ SCRIPT = r"""
 import json, runpy
 import jax, jax.numpy as jnp, numpy as np
 from sashimi_jax import sharding, train
+from sashimi_jax import state as state_lib
 from sashimi_jax.data import pipeline
 
 assert jax.device_count() == 8, jax.devices()
@@ -29,7 +30,7 @@ batches = [next(iterator) for _ in range(2)]
 
 def run(mesh, shard_optimizer_state, poison=False):
   config.train.shard_optimizer_state = shard_optimizer_state
-  graphdef, state, tx = train.init_train_state(config, mesh)
+  graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   step = train.jit_train_step(config, graphdef, tx, mesh, shardings)
   losses = []
@@ -54,7 +55,7 @@ def maxdiff(a, b):
   return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
-p0 = jax.device_get(train.init_train_state(config, one)[1]["params"])
+p0 = jax.device_get(state_lib.init_train_state(config, one)[1]["params"])
 print("RESULT " + json.dumps({
     "losses_1": l1, "losses_8": l8, "losses_sharded": ls,
     "params_moved": maxdiff(p1, p0),
