@@ -37,7 +37,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sashimi_jax.models import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "sc09"], "tiny (configs/mono.py:tiny, the "
                              "reference's 1.46M S4D model) and/or sc09 (configs/sc09.py).")

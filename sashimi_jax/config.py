@@ -29,7 +29,7 @@ MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 def token_stream_length(dataset_cfg) -> int:
   """Tokens per training example: `sample_len` (mono) or `2 * sample_len` (stereo)."""
-  return int(dataset_cfg.sample_len) * (2 if dataset_cfg.is_stereo else 1)
+  return stereo.stream_length(int(dataset_cfg.sample_len), bool(dataset_cfg.is_stereo))
 
 
 def l_max(config) -> int:
@@ -192,7 +192,7 @@ def find_problems(config, *, num_devices: int | None = None,
   del n_mixtures, head
 
   if sample_len is not None and is_stereo is not None and pool is not None:
-    tokens = sample_len * (2 if is_stereo else 1)
+    tokens = stereo.stream_length(sample_len, is_stereo)
     factor = int(math.prod(pool)) if pool else 1
     if tokens % factor:
       what = (f"the stereo token stream 2 * dataset.sample_len = {tokens}" if is_stereo

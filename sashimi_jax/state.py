@@ -14,14 +14,32 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from sashimi_jax import config as config_lib
+from sashimi_jax import heads
 from sashimi_jax import models
 from sashimi_jax import optim
 from sashimi_jax import sharding as sharding_lib
+from sashimi_jax.data import quantize
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int):
-  """The SaShiMiLM of `config`, parameters initialised from `seed`."""
-  return models.build_model(config, nnx.Rngs(params=seed, dropout=seed + 1))
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs):
+  """The SaShiMiLM of a whole config: its sequence length, vocabulary and head width derived here.
+
+  Args:
+    config: the run's ConfigDict (`model.*`, `dataset.{bits, sample_len, is_stereo}`).
+    rngs: initialisation randomness (`params` stream; `dropout` unused at build time).
+  """
+  bits = int(config.dataset.bits)
+  head = config.model.output_head
+  n_mixtures = int(config.model.get("n_mixtures", 0)) if head == "dml" else 0
+  return models.build_model(
+      config.model, l_max=config_lib.l_max(config), vocab_size=quantize.num_tokens(bits),
+      output_dim=heads.output_dim(head, bits, n_mixtures), rngs=rngs)
+
+
+def _seeded_model(config):
+  seed = int(config.seed)
+  return build_model(config, nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def initial_counters() -> dict[str, Any]:
@@ -47,7 +65,7 @@ def state_shardings(config, mesh, abstract_state) -> dict:
 
 def abstract_params(config):
   """(graphdef, params): the model's GraphDef and a pure dict of jax.ShapeDtypeStruct (no compute)."""
-  abstract_model = nnx.eval_shape(lambda: build_model(config, int(config.seed)))
+  abstract_model = nnx.eval_shape(lambda: _seeded_model(config))
   graphdef, params = nnx.split(abstract_model)
   return graphdef, nnx.to_pure_dict(params)
 
@@ -77,7 +95,7 @@ def init_train_state(config, mesh):
   Returns:
     (graphdef, state, tx).
   """
-  model = build_model(config, int(config.seed))
+  model = _seeded_model(config)
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   tx = optim.create_optimizer(config.train)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sashimi_jax.models import build_model
+from sashimi_jax.state import build_model
 from sashimi_jax.models import layers
 from sashimi_jax.models.sashimi import SaShiMiLM
 

@@ -13,7 +13,7 @@ from flax import nnx
 from sashimi_jax import heads
 from sashimi_jax import sampling
 from sashimi_jax.data import pipeline
-from sashimi_jax.models import build_model
+from sashimi_jax.state import build_model
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

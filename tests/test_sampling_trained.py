@@ -31,7 +31,7 @@ from sashimi_jax import sampling
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
-from sashimi_jax.models import build_model
+from sashimi_jax.state import build_model
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 _FRAMES = 64  # frames per clip: 128-token streams.

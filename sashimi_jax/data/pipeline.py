@@ -106,12 +106,7 @@ class DataSettings:
 
   @property
   def num_channels(self) -> int:
-    return 2 if self.is_stereo else 1
-
-  @property
-  def num_tokens(self) -> int:
-    """T, tokens per clip: sample_len (mono) or 2 * sample_len (stereo)."""
-    return self.sample_len * self.num_channels
+    return stereo.num_channels(self.is_stereo)
 
 
 def encode_clip(clip, dataset_cfg) -> np.ndarray:

@@ -215,3 +215,13 @@ def reshape_stereo_output(outputs, strategy: "str | Strategy"):
   else:
     flat = np.take(outputs, inverse, axis=1)
   return flat.reshape(batch, num_tokens // 2, 2, features)
+
+
+def num_channels(is_stereo: bool) -> int:
+  """Audio channels of a clip: 2 for stereo, 1 for mono."""
+  return 2 if is_stereo else 1
+
+
+def stream_length(num_frames: int, is_stereo: bool) -> int:
+  """Tokens in the stream of a clip of `num_frames` frames: one per sample of every channel."""
+  return int(num_frames) * num_channels(is_stereo)

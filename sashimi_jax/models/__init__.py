@@ -1,34 +1,34 @@
-"""The SaShiMi model: `build_model(config, rngs)` and the modules it assembles."""
+"""The SaShiMi model: `build_model(model_cfg, *, l_max, vocab_size, output_dim, rngs)`.
+
+The model package is given numbers (sequence length, vocabulary, output width) and the `model`
+section of a config, never dataset or training settings: `sashimi_jax.state.build_model` derives
+the numbers from a whole config.
+"""
 
 from flax import nnx
 
 
-def build_model(config, rngs: nnx.Rngs):
-  """Builds the `SaShiMiLM` a config describes.
-
-  Reads `config.model.*` and `config.dataset.{bits, sample_len, is_stereo}`; derives
-  `l_max = sample_len * (2 if is_stereo else 1)` tokens (a stereo clip is one 2L-token stream),
-  `num_tokens = 2**bits` and `output_dim` from the output head.
+def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs: nnx.Rngs):
+  """Builds the `SaShiMiLM` a `config.model` section describes.
 
   Args:
-    config: an ml_collections.ConfigDict (or attribute-compatible object).
+    model_cfg: `config.model` (an ml_collections.ConfigDict or attribute-compatible object).
+    l_max: the longest token sequence (kernel length of the finest level), in tokens.
+    vocab_size: number of input token values (2**bits).
+    output_dim: width of the output head's parameters per token.
     rngs: initialisation randomness (`params` stream).
 
   Returns:
     A `SaShiMiLM` mapping tokens (B, l_max) to outputs (B, l_max, output_dim).
   """
-  # Imported here so `import sashimi_jax.models` stays light (configs import this package).
-  from sashimi_jax import heads
-  from sashimi_jax.models.sashimi import SaShiMiLM
+  from sashimi_jax.models.sashimi import SaShiMiLM  # pylint: disable=g-import-not-at-top
 
-  m, d = config.model, config.dataset
-  if d.sample_len < 1:
-    raise ValueError(f"dataset.sample_len must be >= 1 frames, got {d.sample_len}")
-  l_max = d.sample_len * (2 if d.is_stereo else 1)
-  n_mixtures = m.get("n_mixtures", 0) if hasattr(m, "get") else getattr(m, "n_mixtures", 0)
+  if l_max < 1:
+    raise ValueError(f"l_max must be >= 1 tokens, got {l_max}")
+  m = model_cfg
   return SaShiMiLM(
-      num_tokens=2**d.bits,
-      output_dim=heads.output_dim(m.output_head, d.bits, n_mixtures),
+      num_tokens=vocab_size,
+      output_dim=output_dim,
       d_model=m.d_model,
       n_layers=m.n_layers,
       pool=tuple(m.pool),
