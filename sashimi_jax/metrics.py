@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Mapping
 
+from absl import logging
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,22 +38,59 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def drop_events_after(workdir: str, step: int) -> int:
+  """Rewrites `workdir/metrics.jsonl` without the events logged after `step`; returns how many.
+
+  A run resumed from a checkpoint at `step` logs steps > `step` again; dropping the interrupted
+  run's entries first keeps every step once. The file is replaced atomically.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):  # a line cut by a crash mid-write.
+      pass
+  if len(kept) == len(lines):
+    return 0
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+  return len(lines) - len(kept)
+
+
 class MetricWriter:
   """Writes scalars to metrics.jsonl and TensorBoard; audio and images to TensorBoard.
 
   Only process 0 writes (pass `enabled=False` on the others); all processes check finiteness.
+  With `resume_step`, the run continues from that step: metrics.jsonl loses the events logged
+  after it, and the new TensorBoard file starts with a purge marker at `resume_step + 1`, so
+  TensorBoard hides the old curve past it (every step appears once).
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
     self._enabled = enabled
     self._tb = None
     self._jsonl = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      purge_step = None
+      if resume_step is not None:
+        dropped = drop_events_after(workdir, int(resume_step))
+        if dropped:
+          logging.info("metrics.jsonl: dropped %d event(s) logged after step %d by the "
+                       "interrupted run.", dropped, resume_step)
+        purge_step = int(resume_step) + 1
       self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
       except ImportError:  # TensorBoard is optional; metrics.jsonl is always written.
         self._tb = None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -209,7 +210,7 @@ def evaluate(eval_step: Callable, params, eval_batches: Iterable[dict], mesh,
 
 
 class PreemptionSync:
-  """Decides, identically on every process, whether to save and stop after a step (SIGTERM).
+  """Decides, identically on every process, whether to save and stop after a step (SIGTERM, ^C).
 
   A preemption notice (SIGTERM) may reach only some hosts, and at different steps; a checkpoint
   is a collective operation, so all processes must pick the same step or they deadlock.
@@ -219,36 +220,50 @@ class PreemptionSync:
   - Otherwise a Python SIGTERM handler sets a local flag; on several processes (a pod run without
     `jax.distributed`), the flags are OR-ed with `process_allgather` every step. On one process
     that reduction is skipped: the flag is the answer.
-  Use as a context manager (installs/restores the handler) and call `should_stop(step)` after
+  SIGINT (Ctrl-C) sets the same flag (except on a multi-process run with the sync manager, which
+  cannot share it): the run saves after the current step and stops. A second SIGINT restores the
+  previous handler's behaviour, a KeyboardInterrupt at once; a save it interrupts leaves only a
+  temporary directory, never a damaged step (Orbax renames a step into place when complete).
+  Use as a context manager (installs/restores the handlers) and call `should_stop(step)` after
   every train step, on every process.
   """
 
   def __init__(self):
-    self.requested = False  # this process received SIGTERM (Python-handler mode).
-    self._previous = None
+    self.requested = False  # this process received SIGTERM or SIGINT (Python-handler mode).
+    self.signal_name = None  # "SIGTERM" or "SIGINT", the first one received.
+    self._previous = {}
     self._use_sync_manager = jax.distributed.is_initialized()
 
   def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
     # The sync manager installed its own SIGTERM handler; a Python one would replace it.
-    if (not self._use_sync_manager
-        and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if not self._use_sync_manager:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+    if not self._use_sync_manager or jax.process_count() == 1:
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.requested = True
+    self.signal_name = self.signal_name or signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+      print("SIGINT: saving a checkpoint after this step, then stopping (Ctrl-C again stops at "
+            "once).", file=sys.stderr, flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def should_stop(self, step: int) -> bool:
-    """True on every process at the same `step` once any process got SIGTERM."""
+    """True on every process at the same `step` once any process got SIGTERM (or SIGINT)."""
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     if self._use_sync_manager:
-      return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+      return (bool(multihost_utils.reached_preemption_sync_point(int(step)))
+              or (self.requested and jax.process_count() == 1))
     if jax.process_count() == 1:
       return self.requested
     flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
@@ -302,10 +317,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = int(config.train.num_steps)
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
-  latest = ckpt.latest_step()
-  if latest is not None:  # fail fast, before building anything.
-    checkpoint_lib.check_compatible(ckpt.saved_config(latest), config, workdir=workdir,
-                                    step=latest)
+  newest, saved_config = ckpt.newest_readable_config()
+  if newest is not None:  # fail fast, before building anything.
+    checkpoint_lib.check_compatible(saved_config, config, workdir=workdir, step=newest)
 
   # Data first: a missing folder or an empty split is reported before anything compiles.
   train_iter = pipeline.create_train_iterator(
@@ -315,11 +329,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       max_batches=int(config.train.eval_batches))
   graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
-  if latest is not None:
+  latest = None
+  if ckpt.all_steps():
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
     del state  # free the fresh initialisation before restoring.
-    state = ckpt.restore(latest, abstract, train_iter)
+    # The newest step that restores fully; damaged newer ones are logged and set aside.
+    latest, state = ckpt.restore_latest(abstract, train_iter, config=config, workdir=workdir)
     logging.info("Resumed from %s step %d.", ckpt.directory, latest)
   start_step = int(jax.device_get(state["step"]))
 
@@ -329,7 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       out_shardings=sharding_lib.replicated(mesh))
   eval_batches = None  # built on first use, then reused (deterministic).
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  # Continues the metrics from the restored step: a rerun never logs a step twice.
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = metrics_lib.Progress(num_steps, enabled=is_main)
   last_metrics: dict[str, float] = {}
   pending: list[dict] = []
@@ -401,13 +418,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last_saved = step
           interval_start = time.monotonic()
         if preempted:
-          logging.warning("SIGTERM: saved step %d, exiting.", step)
-          print(f"Preempted (SIGTERM): saved checkpoint at step {step}.", flush=True)
+          name = preemption.signal_name or "SIGTERM"
+          what = "Interrupted" if name == "SIGINT" else "Preempted"
+          logging.warning("%s: saved step %d, exiting.", name, step)
+          print(f"{what} ({name}): saved checkpoint at step {step}.", flush=True)
           break
     if previous_metrics is not None:
       _check_nonfinite(config, jax.device_get(previous_metrics), step)
     if step >= num_steps and last_saved != step:
       ckpt.save(step, state, train_iter, config)
+  except KeyboardInterrupt:  # a second Ctrl-C: stop now, in one line.
+    saved = f"step {last_saved}" if last_saved is not None else "none"
+    raise SystemExit(f"Stopped at once by a second Ctrl-C at step {step}; last complete "
+                     f"checkpoint: {saved}.") from None
   finally:
     ckpt.close()
     writer.close()

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import struct
 import subprocess
@@ -53,6 +54,22 @@ import sashimi_jax.sharding as sharding
 delay = float(os.environ.get("TEST_BATCH_DELAY_SECONDS", "0"))
 poison = {int(s) for s in os.environ.get("TEST_POISON_CALLS", "").split(",") if s}
 calls = [0]
+fsize_at_step = int(os.environ.get("TEST_FSIZE_LIMIT_AT_SAVE", "0"))
+if fsize_at_step:  # the save of that step hits a 64-byte file size limit (EFBIG, like ENOSPC).
+  import resource, signal
+  from sashimi_jax import checkpoint
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  original_save = checkpoint.Checkpointer.save
+  def save(self, step, *args, **kwargs):
+    if step != fsize_at_step:
+      return original_save(self, step, *args, **kwargs)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    try:
+      return original_save(self, step, *args, **kwargs)
+    finally:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  checkpoint.Checkpointer.save = save
 original = sharding.global_batch
 def global_batch(mesh, batch):
   calls[0] += 1
@@ -207,6 +224,11 @@ def _wait_for_step(proc, workdir, step, timeout=240):
   raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+def _train_steps(workdir):
+  """The step of every train event of metrics.jsonl, in file order."""
+  return [e["step"] for e in metrics_lib.read_metrics(str(workdir)) if "train/nonfinite_skips" in e]
+
+
 def _train_bits_by_step(workdir):
   """The last logged train/bits_per_token of every step (a resumed run re-logs some steps)."""
   return {e["step"]: e["train/bits_per_token"] for e in metrics_lib.read_metrics(str(workdir))
@@ -328,6 +350,10 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted_run, tmp_path, c
   # Same batches, same dropout keys, same compiled program on CPU: identical losses.
   np.testing.assert_array_equal([resumed[s] for s in sorted(resumed)],
                                 [expected[s] for s in sorted(expected)])
+  # Steps 5-6 of the killed run were dropped when the rerun restored step 4: each step once.
+  assert _train_steps(workdir) == list(range(1, NUM_STEPS + 1))
+  purges = [e.step for e in read_events(workdir / "tensorboard") if e.HasField("session_log")]
+  assert 5 in purges  # TensorBoard hides the killed run's curve after step 4.
 
 
 def test_resume_with_incompatible_config_names_the_fields(uninterrupted_run, tmp_path,
@@ -376,3 +402,87 @@ def test_nonfinite_steps_are_skipped_logged_and_stop_the_run(tmp_path, cache_dir
   from flax import nnx  # pylint: disable=g-import-not-at-top
   leaves = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
   assert leaves and all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_previous(uninterrupted_run, tmp_path,
+                                                             cache_dir):
+  workdir = tmp_path / "damaged"
+  shutil.copytree(uninterrupted_run, workdir)
+  (workdir / "log.txt").unlink()
+  assert checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps()[-2:] == [8, 12]
+  data_file = sorted((workdir / "checkpoints" / "12" / "state" / "d").iterdir())[0]
+  data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+  # sample.py on the damaged step: one line naming the intact steps.
+  sample = subprocess.run(
+      [sys.executable, "sample.py", f"--workdir={workdir}", "--step=12", "--num_samples=0"],
+      cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=300)
+  assert sample.returncode != 0
+  lines = [l for l in (sample.stdout + sample.stderr).splitlines() if l.strip()]
+  assert len(lines) == 1 and "step 12" in lines[0] and "intact steps: [8]" in lines[0], lines
+  # Training resumes from step 8 and reproduces steps 9-12 exactly.
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}"),
+                      workdir)
+  assert code == 0, log[-3000:]
+  damaged_lines = [l for l in log.splitlines() if "step 12 is damaged" in l]
+  assert len(damaged_lines) == 1 and "Traceback" not in log, log[-3000:]
+  assert "Resumed from" in log and "step 8" in log
+  expected = _train_bits_by_step(uninterrupted_run)
+  assert _train_steps(workdir) == list(range(1, NUM_STEPS + 1))
+  np.testing.assert_array_equal([_train_bits_by_step(workdir)[s] for s in range(1, 13)],
+                                [expected[s] for s in range(1, 13)])
+  assert (workdir / "checkpoints" / "12.damaged" / "DAMAGE.txt").exists()  # kept, not deleted.
+  assert 12 in checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps()
+
+
+def test_a_save_on_a_full_disk_stops_in_one_line_and_a_rerun_resumes(uninterrupted_run,
+                                                                     tmp_path, cache_dir):
+  workdir = tmp_path / "full_disk"
+  env = _env(cache_dir, TEST_FSIZE_LIMIT_AT_SAVE=8)
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}",
+                              driver=True, env=env), workdir)
+  assert code != 0
+  errors = [l for l in log.splitlines() if "Could not save checkpoint step 8" in l]
+  assert len(errors) == 1 and "file size limit exceeded" in errors[0], log[-3000:]
+  assert "Traceback" not in log, log[-3000:]
+  assert checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps() == [4]
+  code, log = _finish(_launch(workdir, cache_dir, f"--config.train.num_steps={NUM_STEPS}"),
+                      workdir)
+  assert code == 0, log[-3000:]
+  expected = _train_bits_by_step(uninterrupted_run)
+  assert _train_steps(workdir) == list(range(1, NUM_STEPS + 1))
+  np.testing.assert_array_equal([_train_bits_by_step(workdir)[s] for s in range(1, 13)],
+                                [expected[s] for s in range(1, 13)])
+
+
+def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path, cache_dir):
+  workdir = tmp_path / "ctrl_c"
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
+  proc = _launch(workdir, cache_dir, "--config.train.num_steps=1000",
+                 "--config.train.checkpoint_every_steps=1000", driver=True, env=env)
+  _wait_for_step(proc, workdir, 3)
+  proc.send_signal(signal.SIGINT)
+  code, log = _finish(proc, workdir)
+  assert code == 0, log[-3000:]
+  assert "Interrupted (SIGINT): saved checkpoint at step" in log and "Traceback" not in log
+  last_logged = max(_train_steps(workdir))
+  saved = checkpoint_lib.Checkpointer(str(workdir), create=False).all_steps()
+  assert saved == [last_logged] and 3 <= last_logged < 1000
+
+
+def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_checkpoints(tmp_path, cache_dir):
+  workdir = tmp_path / "ctrl_c_twice"
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
+  proc = _launch(workdir, cache_dir, "--config.train.num_steps=1000",
+                 "--config.train.checkpoint_every_steps=2", driver=True, env=env)
+  _wait_for_step(proc, workdir, 3)
+  proc.send_signal(signal.SIGINT)
+  deadline = time.monotonic() + 60
+  while "SIGINT: saving a checkpoint" not in (workdir / "log.txt").read_text(encoding="utf-8"):
+    assert time.monotonic() < deadline and proc.poll() is None
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGINT)  # while the step's batch is still being waited for.
+  code, log = _finish(proc, workdir)
+  assert code != 0 and "Traceback" not in log, log[-3000:]
+  assert len([l for l in log.splitlines() if "Stopped at once by a second Ctrl-C" in l]) == 1
+  ckpt = checkpoint_lib.Checkpointer(str(workdir), create=False)
+  assert ckpt.all_steps() and all(ckpt.damage(s) is None for s in ckpt.all_steps())
