@@ -8,9 +8,11 @@ a prompt the first step feeds the zero token. Each scan step is one `model.step`
 inverse-CDF draw; the carry holds the recurrent state, the token to feed next, one PRNG key per
 sample and running log-likelihood/entropy sums.
 
-Sample `i` of a call draws its randomness from `fold_in(key, first_sample_index + i)` only (new
-token `t` uses `uniform(fold_in(that key, t))`, drawn in bulk before the scan), so a sample never
-depends on the batch size it was generated in, nor on the chunking.
+Sample `i` of a call draws its randomness from `fold_in(key, first_sample_index + i)` (or
+`fold_in(key, sample_indices[i])`) only (new token `t` uses `uniform(fold_in(that key, t))`, drawn
+in bulk before the scan), so a sample never depends on the batch size it was generated in, nor on
+the chunking, nor on how the batch is split over devices (`mesh`: rows sharded over the "data"
+axis, parameters replicated, no cross-row communication).
 
 `generate` compiles ONE function (graphdef static, params an argument) for the whole run.
 `generate(..., chunk_tokens=n, progress=fn)` instead compiles a prologue and a scan over `n`
@@ -82,6 +84,21 @@ class _Settings:
   temperature: float
   top_p: float
   unroll: int
+  mesh: Any = None  # a jax.sharding.Mesh: rows split over its "data" axis; None = no constraint.
+
+
+def _constrain_rows(settings: _Settings, tree):
+  """Pins every leaf with a leading batch axis to the "data" axis (others replicated)."""
+  if settings.mesh is None:
+    return tree
+  from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  def one(leaf):
+    rows = getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] == settings.batch_size
+    spec = sharding.batch_sharding(settings.mesh) if rows else sharding.replicated(settings.mesh)
+    return jax.lax.with_sharding_constraint(leaf, spec)
+
+  return jax.tree_util.tree_map(one, tree)
 
 
 def _sample_rows(settings: _Settings, uniform: jax.Array, outputs: jax.Array):
@@ -109,29 +126,39 @@ def _uniforms(row_keys: jax.Array, first_token, num_steps: int) -> jax.Array:
   return jax.vmap(row, out_axes=1)(row_keys)
 
 
-def _prologue(model, settings: _Settings, key, first_sample_index, prompt):
+def _prologue(model, settings: _Settings, key, sample_index, prompt):
   """Recurrence constants and the carry before the first new token.
 
   The carry's token is the next one to feed: the zero token without a prompt; the last prompt
   token with one, after `model.prefill` has consumed `[zero, y0, .., y(P-2)]`. Every new token
   is then sampled inside the scan, so the step is compiled once.
 
+  Args:
+    key: a PRNG key, or its raw uint32 `key_data` (what a multi-host caller can replicate).
+    sample_index: int32 () index of row 0 (rows are consecutive), or (B,) each row's index.
+
   Returns:
     rec, carry = (state, token (B,), row keys (B,), log_likelihood (B,), entropy_sum (B,),
     new tokens so far ()).
   """
   batch = settings.batch_size
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
   rec = model.setup_recurrence()
+  indices = sample_index if sample_index.ndim else (
+      sample_index + jnp.arange(batch, dtype=jnp.int32))
   row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-      first_sample_index + jnp.arange(batch, dtype=jnp.int32))
+      _constrain_rows(settings, indices.astype(jnp.int32)))
   zero = jnp.full((batch, 1), settings.spec.zero_token, jnp.int32)
   if prompt is None:
     state, token = model.init_state(batch), zero[:, 0]
   else:
+    prompt = _constrain_rows(settings, prompt)
     _, state = model.prefill(rec, jnp.concatenate([zero, prompt[:, :-1]], axis=1))
     token = prompt[:, -1]
   zeros = jnp.zeros((batch,), jnp.float32)
-  return rec, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32))
+  return rec, _constrain_rows(
+      settings, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32)))
 
 
 def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
@@ -150,7 +177,7 @@ def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
     return (state, token, row_keys, loglik + logp, entropy_sum + entropy, done + 1), token
 
   carry, tokens = jax.lax.scan(body, carry, uniforms, unroll=settings.unroll)
-  return carry, tokens.T
+  return _constrain_rows(settings, carry), _constrain_rows(settings, tokens.T)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_tokens"))
@@ -191,10 +218,34 @@ def _check_prompt(prompt, batch_size: int, vocabulary: int):
   return jnp.asarray(prompt, jnp.int32)
 
 
+def _global(mesh, value: np.ndarray, *, rows: bool) -> jax.Array:
+  """The same host value on every process -> a global array (rows split, or replicated)."""
+  from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  spec = sharding.batch_sharding(mesh) if rows else sharding.replicated(mesh)
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, spec, lambda index: value[index])
+
+
+def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
+  """Parameters and key replicated, row indices and prompt split over the "data" axis."""
+  devices = mesh.devices.size
+  if batch_size % devices:
+    raise ValueError(f"batch_size={batch_size} must be a multiple of the mesh's {devices} "
+                     "devices.")
+  if index.ndim == 0:
+    index = index + np.arange(batch_size, dtype=np.int32)
+  params = jax.tree_util.tree_map(lambda x: _global(mesh, np.asarray(x), rows=False), params)
+  key_data = np.asarray(jax.random.key_data(key))
+  return (params, _global(mesh, key_data, rows=False), _global(mesh, index, rows=True),
+          None if prompt is None else _global(mesh, np.asarray(prompt), rows=True))
+
+
 def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
              prompt: Optional[jax.Array] = None, temperature: float = 1.0, top_p: float = 1.0,
              unroll: int = 1, head: Optional[str] = None, bits: Optional[int] = None,
              n_mixtures: Optional[int] = None, first_sample_index: int = 0,
+             sample_indices: Optional[np.ndarray] = None, mesh: Any = None,
              chunk_tokens: Optional[int] = None,
              progress: Optional[Callable[[int], Any]] = None) -> dict[str, jax.Array]:
   """Samples `num_tokens` new tokens per stream after an optional prompt.
@@ -213,6 +264,11 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     head, bits, n_mixtures: the output head; inferred from the model when None.
     first_sample_index: global index of row 0 (lets a large run be split into batches whose
       samples do not depend on the batch size).
+    sample_indices: optional int (B,) global index of every row (replaces first_sample_index).
+    mesh: optional 1-D "data" mesh (`sharding.create_mesh`): rows are split over its devices
+      (B must be a multiple of its size), parameters replicated; on several processes every
+      process passes the same arguments and gets global arrays back (read the rows it holds
+      through `addressable_shards`).
     chunk_tokens: if set, run the scan in segments of this many tokens, with the state donated
       between segments, calling `progress(tokens_done)` after each.
     progress: callback for `chunk_tokens` mode, given the number of new tokens done so far.
@@ -233,9 +289,18 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
   spec = head_spec(model, head=head, bits=bits, n_mixtures=n_mixtures)
   prompt = _check_prompt(prompt, batch_size, 2**spec.bits)
   settings = _Settings(spec=spec, batch_size=int(batch_size), temperature=float(temperature),
-                       top_p=float(top_p), unroll=int(unroll))
+                       top_p=float(top_p), unroll=int(unroll), mesh=mesh)
   graphdef, params = nnx.split(model)
-  index = jnp.asarray(first_sample_index, jnp.int32)
+  if sample_indices is None:
+    index = np.asarray(first_sample_index, np.int32)
+  else:
+    index = np.asarray(sample_indices, np.int32)
+    if index.shape != (batch_size,):
+      raise ValueError(f"sample_indices must have shape ({batch_size},), got {index.shape}.")
+  if mesh is None:
+    index = jnp.asarray(index)
+  else:
+    params, key, index, prompt = _place_on_mesh(mesh, params, key, index, prompt, batch_size)
 
   if chunk_tokens is None:
     tokens, loglik, entropy_sum = _generate_all(

@@ -1,5 +1,6 @@
 """Tests for sample.py and sashimi_jax.audio_summaries: files, channel order, prompts, errors."""
 
+import functools
 import importlib.util
 import json
 import pathlib
@@ -15,6 +16,8 @@ import soundfile as sf
 from flax import nnx
 
 from sashimi_jax import audio_summaries
+from sashimi_jax import sample_job
+from sashimi_jax.data import audio as audio_lib
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
@@ -76,12 +79,11 @@ def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
   frames = 48
   config = stereo_config(strategy, frames)
   model = ChannelStub(frames, strategy)
-  result = sample.generate_clips(model, config, num_samples=3, batch_size=2, num_frames=frames,
-                                 show_progress=False, chunk_tokens=40)
-  assert result["tokens"].shape == (3, 2 * frames)
-  records = sample.write_outputs(str(tmp_path), result, config, spectrograms=True,
-                                 metadata={"strategy": strategy})
-  for record in records:
+  result = sample_job.run_job(model, config, output_dir=str(tmp_path), job={"s": strategy},
+                              num_samples=3, batch_size=2, clip_frames=frames, chunk_tokens=40,
+                              spectrograms=True)
+  assert (result.generated, result.written, result.skipped) == (3, 3, 0)
+  for record in result.records:
     audio, rate = sf.read(tmp_path / record["file"], dtype="float32")
     assert rate == config.dataset.sample_rate
     assert audio.shape == (frames, 2)
@@ -92,6 +94,8 @@ def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
   likelihoods = [r["log_likelihood"] for r in saved["samples"]]
   assert likelihoods == sorted(likelihoods, reverse=True)
   assert sorted(r["file"] for r in saved["samples"]) == [f"sample_{i:03d}.wav" for i in range(3)]
+  assert saved["s"] == strategy
+  assert not list(tmp_path.rglob(".tmp-*"))
 
 
 def _write_stereo_prompt(path, frames, rate):
@@ -110,7 +114,7 @@ def test_prompt_tokens_are_a_prefix_of_the_full_stream(tmp_path, strategy, usabl
   config = stereo_config(strategy)
   rate = config.dataset.sample_rate
   prompt_audio = _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  loaded = sample.load_prompt(str(tmp_path / "prompt.wav"), config, seconds=10 / rate)
+  [(_, loaded)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
   assert loaded.shape == (10, 2)
   tokens = sample.prompt_tokens(loaded, config, total_frames=48)
   assert tokens.shape == (usable_tokens,)
@@ -129,21 +133,106 @@ def test_prompted_generation_continues_the_prompt(tmp_path):
   config = stereo_config(strategy, frames)
   rate = config.dataset.sample_rate
   _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  prompt = sample.prompt_tokens(
-      sample.load_prompt(str(tmp_path / "prompt.wav"), config, 10 / rate), config, frames)
-  result = sample.generate_clips(ChannelStub(frames, strategy), config, num_samples=2,
-                                 batch_size=2, num_frames=frames, prompt=prompt,
-                                 show_progress=False)
-  np.testing.assert_array_equal(result["tokens"][:, :20], np.broadcast_to(prompt, (2, 20)))
-  assert np.all(result["tokens"][:, 20::2] == _LOUD)
-  assert np.all(result["tokens"][:, 21::2] == quantize.zero_token(8))
+  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
+  prompt = sample.prompt_tokens(clip, config, frames)
+  out = tmp_path / "out"
+  result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
+                              num_samples=2, batch_size=2, clip_frames=frames,
+                              prompts=prompt[None], prompt_names=["prompt.wav"])
+  expected_prompt = pipeline.decode_tokens(prompt, config.dataset)  # (10, 2)
+  for record in result.records:
+    assert record["prompt"] == "prompt.wav"
+    audio, _ = sf.read(out / record["file"], dtype="float32")
+    np.testing.assert_array_equal(audio[:10], expected_prompt)
+    assert np.all(np.abs(audio[10:, 0]) > 0.3) and np.all(np.abs(audio[10:, 1]) < 0.01)
 
 
-def test_wrong_channel_prompt_is_a_clear_error(tmp_path):
+def test_mono_prompt_for_a_stereo_model_is_duplicated_or_refused(tmp_path):
   config = stereo_config("temporal")
-  sf.write(tmp_path / "mono.wav", np.zeros(100, np.float32), config.dataset.sample_rate)
-  with pytest.raises(ValueError, match=r"--prompt .*mono\.wav.*mono but the config is stereo"):
-    sample.load_prompt(str(tmp_path / "mono.wav"), config, 0.001)
+  rate = config.dataset.sample_rate
+  mono = 0.5 * np.sin(np.arange(100) / 5.0).astype(np.float32)
+  sf.write(tmp_path / "mono.wav", mono, rate, subtype="FLOAT")
+  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "mono.wav")], config, frames=20)
+  assert clip.shape == (20, 2)
+  np.testing.assert_array_equal(clip[:, 0], mono[:20])
+  np.testing.assert_array_equal(clip[:, 1], mono[:20])
+  with pytest.raises(ValueError, match=r"--prompt .*mono\.wav is mono but the model is stereo; "
+                     r"pass --prompt_mono=duplicate"):
+    sample_job.load_prompts([str(tmp_path / "mono.wav")], config, frames=20, mono="error")
+
+
+def test_prompt_folder_and_list_skip_bad_files_and_name_the_prompt_of_each_clip(tmp_path, caplog):
+  frames, strategy = 48, "temporal"
+  config = stereo_config(strategy, frames)
+  rate = config.dataset.sample_rate
+  folder = tmp_path / "prompts"
+  folder.mkdir()
+  _write_stereo_prompt(folder / "a2.wav", 12, rate)
+  _write_stereo_prompt(folder / "a10.wav", 8, rate)   # the shortest: every prompt cut to it.
+  (folder / "broken.wav").write_bytes(b"RIFF\x00\x00not audio at all")
+  (folder / "notes.md").write_text("not a prompt")
+  paths = sample_job.prompt_paths(str(folder))
+  assert [pathlib.Path(p).name for p in paths] == ["a2.wav", "a10.wav", "broken.wav"]
+  listed = tmp_path / "prompts.txt"
+  listed.write_text("# prompts\nprompts/a10.wav\n\nprompts/a2.wav\n")
+  assert [pathlib.Path(p).name for p in sample_job.prompt_paths(str(listed))] == [
+      "a10.wav", "a2.wav"]
+  with caplog.at_level("WARNING"):
+    loaded = sample_job.load_prompts(paths, config, frames=10)
+  assert "broken.wav" in caplog.text and "Skipping" in caplog.text
+  assert [pathlib.Path(p).name for p, _ in loaded] == ["a2.wav", "a10.wav"]
+  assert [c.shape for _, c in loaded] == [(10, 2), (8, 2)]
+  tokens = sample_job.common_prompt_tokens(
+      [sample.prompt_tokens(c, config, frames) for _, c in loaded])
+  assert tokens.shape == (2, 16)
+  out = tmp_path / "out"
+  result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
+                              num_samples=5, batch_size=4, clip_frames=frames, prompts=tokens,
+                              prompt_names=[p for p, _ in loaded])
+  by_index = {r["index"]: r for r in result.records}
+  assert [pathlib.Path(by_index[i]["prompt"]).name for i in range(5)] == [
+      "a2.wav", "a10.wav", "a2.wav", "a10.wav", "a2.wav"]
+  for i in range(5):
+    audio, _ = sf.read(out / by_index[i]["file"], dtype="float32")
+    np.testing.assert_array_equal(audio[:8], pipeline.decode_tokens(tokens[i % 2],
+                                                                    config.dataset))
+  with pytest.raises(audio_lib.BadAudioError, match=r"--prompt .*broken\.wav"):
+    sample_job.load_prompts([str(folder / "broken.wav")], config, frames=10)
+  with pytest.raises(FileNotFoundError, match=r"--prompt .*missing\.wav does not exist"):
+    sample_job.prompt_paths(str(tmp_path / "missing.wav"))
+
+
+def test_default_prompt_length_fits_the_model():
+  config = stereo_config("temporal", sample_len=48)
+  config.model.pool = [4, 4]
+  assert sample_job.max_prompt_frames(config) == 32
+  assert sample_job.default_prompt_frames(config, clip_frames=40) == 20
+  assert sample_job.default_prompt_frames(config, clip_frames=400) == 32
+
+
+def test_rerun_skips_complete_clips_and_other_arguments_are_refused(tmp_path):
+  frames, strategy = 24, "temporal"
+  config = stereo_config(strategy, frames)
+  model = ChannelStub(frames, strategy)
+  run = functools.partial(sample_job.run_job, model, config, output_dir=str(tmp_path),
+                          batch_size=2, clip_frames=frames)
+  first = run(job={"seed": 0}, num_samples=3)
+  assert (first.generated, first.skipped) == (3, 0)
+  (tmp_path / "records" / "sample_001.json").unlink()  # as if killed before clip 1's record.
+  (tmp_path / ".tmp-123-sample_004.wav").write_bytes(b"partial")
+  again = run(job={"seed": 0}, num_samples=3)
+  assert (again.generated, again.skipped) == (1, 2)
+  assert not list(tmp_path.rglob(".tmp-*"))
+  assert sorted(r["index"] for r in again.records) == [0, 1, 2]
+  with pytest.raises(ValueError, match=r"holds a job with other arguments \(seed: 0 there, 1 "
+                     r"now\); use a new --output_dir"):
+    run(job={"seed": 1}, num_samples=3)
+  stale = tmp_path / "stale"
+  stale.mkdir()
+  (stale / "sample_000.wav").write_bytes(b"old")
+  with pytest.raises(ValueError, match=r"holds samples of an unknown job \(no job.json\)"):
+    sample_job.run_job(model, config, output_dir=str(stale), job={}, num_samples=1,
+                       batch_size=1, clip_frames=frames)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

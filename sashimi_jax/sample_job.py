@@ -1,0 +1,412 @@
+"""A batch sampling job: clips 0..N-1 over every device and host, resumable, written atomically.
+
+Clip i is a function of (checkpoint, job arguments, i) only: its randomness is
+`fold_in(key(seed), i)` (see `sampling`) and it continues prompt `i mod n_prompts`. So the clips
+do not depend on the batch size, the device count or the host count, and a job can stop at any
+point and be continued.
+
+Output folder:
+  job.json                  the job's arguments; a rerun with other arguments is an error.
+  sample_NNN.wav (+ .png)   clip NNN (float32 WAV at the training rate).
+  records/sample_NNN.json   clip NNN's record, written LAST: a clip is complete iff it exists.
+  samples.json              every record, most likely first (written when the job completes).
+Every file is written under a temporary name (`.tmp-*`) and renamed, so a killed job never
+leaves a partial file under a final name; a rerun deletes stale temporaries and generates only
+the clips without a record.
+
+Several processes: every process runs the same job; each batch's rows are split over all
+devices of all hosts, and each host writes the clips its devices generated. The output folder
+must be shared by the hosts (NFS, a mounted bucket); process 0 validates it and writes job.json
+and samples.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from sashimi_jax import audio_summaries
+from sashimi_jax import sampling
+from sashimi_jax import sharding
+from sashimi_jax.data import audio
+from sashimi_jax.data import pipeline
+
+JOB_FILE = "job.json"
+SAMPLES_FILE = "samples.json"
+RECORDS_DIR = "records"
+TEMP_PREFIX = ".tmp-"
+PROMPT_MONO = ("duplicate", "error")
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+def clip_name(index: int) -> str:
+  return f"sample_{index:03d}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts.
+
+
+def prompt_paths(spec: str) -> list[str]:
+  """The prompt files a --prompt value names, in order.
+
+  Args:
+    spec: an audio file; a folder (its audio files, recursively, in natural sort order); or a
+      list file (.txt/.lst/.list): one path per line, relative to the list's folder, blank lines
+      and lines starting with '#' ignored.
+
+  Raises:
+    FileNotFoundError: naming what is missing.
+  """
+  if os.path.isdir(spec):
+    paths, ignored = audio.find_audio_files(spec)
+    if ignored:
+      logging.info("--prompt %s: ignored %d non-audio files.", spec, ignored)
+    if not paths:
+      raise FileNotFoundError(f"--prompt {spec}: the folder holds no audio files.")
+    return paths
+  if not os.path.isfile(spec):
+    raise FileNotFoundError(f"--prompt {spec} does not exist (expected an audio file, a folder "
+                            "or a list file).")
+  if not spec.lower().endswith(LIST_EXTENSIONS):
+    return [spec]
+  base = os.path.dirname(os.path.abspath(spec))
+  with open(spec, encoding="utf-8") as f:
+    lines = [l.strip() for l in f]
+  paths = [os.path.join(base, l) for l in lines if l and not l.startswith("#")]
+  if not paths:
+    raise FileNotFoundError(f"--prompt {spec}: the list names no files.")
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"--prompt {spec}: listed file(s) not found: {', '.join(missing)}")
+  return paths
+
+
+def max_prompt_frames(config) -> int:
+  """The longest prompt the model's convolution-mode prefill takes: one training clip minus one
+  coarsest block (prefill pads the prompt by up to one block and the kernels cover one clip)."""
+  from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  return max(1, int(config.dataset.sample_len) - config_lib.pool_factor(config.model))
+
+
+def default_prompt_frames(config, clip_frames: int) -> int:
+  """Half a clip, at most `max_prompt_frames`."""
+  return max(1, min(clip_frames // 2, max_prompt_frames(config)))
+
+
+def load_prompts(paths: Sequence[str], config, *, frames: int,
+                 mono: str = "duplicate") -> list[tuple[str, np.ndarray]]:
+  """Reads the first `frames` frames of each prompt file like training data.
+
+  A file that is unreadable, empty, truncated or not audio is skipped with a warning naming the
+  cause (as `audio.probe_all` does for training data) when several prompts are given, and is an
+  error when it is the only one. A file the model cannot take (rate with resampling off, more
+  than two channels) is an error. A mono file for a stereo model is duplicated to both channels
+  (logged) with `mono="duplicate"`, an error with `mono="error"`.
+
+  Returns:
+    [(path, float32 (prompt_frames <= frames, C))] of the usable files, in order.
+  """
+  if mono not in PROMPT_MONO:
+    raise ValueError(f"--prompt_mono={mono!r} is unknown; valid: {', '.join(PROMPT_MONO)}.")
+  dataset = config.dataset
+  rate, is_stereo = int(dataset.sample_rate), bool(dataset.is_stereo)
+  reader = audio.FileReader()
+  if len(paths) == 1:
+    try:
+      infos = [reader.probe(paths[0])]
+    except audio.BadAudioError as e:
+      raise audio.BadAudioError(f"--prompt {paths[0]}: {e}") from e
+  else:
+    infos = audio.probe_all(reader, list(paths), description="--prompt")
+    if not infos:
+      raise ValueError(f"--prompt: none of the {len(paths)} files is usable (see the warnings).")
+  prompts = []
+  for info in infos:
+    if is_stereo and info.channels == 1:
+      if mono == "error":
+        raise ValueError(f"--prompt {info.name} is mono but the model is stereo; pass "
+                         "--prompt_mono=duplicate to copy it to both channels.")
+      logging.info("Prompt %s is mono: duplicated to both channels of the stereo model "
+                   "(--prompt_mono=error refuses mono prompts).", info.name)
+    try:
+      audio.check_compatible(info, sample_rate=rate, is_stereo=is_stereo,
+                             resample=bool(dataset.get("resample", True)),
+                             mono_to_stereo="duplicate")
+    except ValueError as e:
+      raise ValueError(f"--prompt {e}") from e
+    source_frames = min(info.frames, math.ceil(frames * info.sample_rate / rate) + 1)
+    clip = audio.resample_audio(reader.read(info.key, 0, source_frames), info.sample_rate, rate)
+    clip = audio.fix_channels(clip, is_stereo=is_stereo)[:frames]
+    if clip.shape[0] < frames:
+      logging.warning("Prompt %s has %d frames, fewer than the %d asked for; using all.",
+                      info.name, clip.shape[0], frames)
+    prompts.append((info.key, np.asarray(clip, np.float32)))
+  return prompts
+
+
+def common_prompt_tokens(token_lists: Sequence[np.ndarray]) -> np.ndarray:
+  """(n, P) tokens: every prompt cut to the shortest one's P tokens (a batch shares one length,
+  and a clip must not depend on which batch it lands in)."""
+  length = min(int(t.shape[0]) for t in token_lists)
+  longer = sum(int(t.shape[0]) > length for t in token_lists)
+  if longer:
+    logging.info("%d of %d prompts cut to the shortest prompt's %d tokens.", longer,
+                 len(token_lists), length)
+  return np.stack([np.asarray(t[:length], np.int32) for t in token_lists])
+
+
+# ------------------------------------------------------------------------------------------------
+# The output folder.
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+  """Calls `write(temporary path)` in `path`'s folder, then renames it to `path`."""
+  folder, name = os.path.split(path)
+  temporary = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{name}")
+  try:
+    write(temporary)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def atomic_write_json(path: str, value: Any) -> None:
+  def write(temporary):
+    with open(temporary, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=2)
+  atomic_write(path, write)
+
+
+def _describe_difference(saved: dict, job: dict) -> str:
+  names = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
+  return ", ".join(f"{k}: {saved.get(k, '<missing>')!r} there, {job.get(k, '<missing>')!r} now"
+                   for k in names)
+
+
+def check_output_dir(output_dir: str, job: dict) -> Optional[str]:
+  """Why `output_dir` cannot take this job (None if it can): it holds another job's files."""
+  path = os.path.join(output_dir, JOB_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if saved != job:
+      return (f"--output_dir {output_dir} holds a job with other arguments "
+              f"({_describe_difference(saved, job)}); use a new --output_dir or delete it.")
+    return None
+  if os.path.isdir(output_dir):
+    ours = [n for n in os.listdir(output_dir)
+            if n.startswith("sample_") or n in (SAMPLES_FILE, RECORDS_DIR)]
+    if ours:
+      return (f"--output_dir {output_dir} holds samples of an unknown job (no {JOB_FILE}), e.g. "
+              f"{sorted(ours)[0]}; use a new --output_dir or delete them.")
+  return None
+
+
+def prepare_output_dir(output_dir: str, job: dict) -> None:
+  """Creates the folder and job.json, deletes stale temporaries (process 0 only)."""
+  os.makedirs(os.path.join(output_dir, RECORDS_DIR), exist_ok=True)
+  if not os.path.isfile(os.path.join(output_dir, JOB_FILE)):
+    atomic_write_json(os.path.join(output_dir, JOB_FILE), job)
+  for folder in (output_dir, os.path.join(output_dir, RECORDS_DIR)):
+    for name in os.listdir(folder):
+      if name.startswith(TEMP_PREFIX):
+        os.remove(os.path.join(folder, name))
+
+
+def record_path(output_dir: str, index: int) -> str:
+  return os.path.join(output_dir, RECORDS_DIR, clip_name(index) + ".json")
+
+
+def completed_mask(output_dir: str, num_samples: int) -> np.ndarray:
+  """bool (num_samples,): which clips already have their record."""
+  return np.array([os.path.isfile(record_path(output_dir, i)) for i in range(num_samples)],
+                  dtype=bool)
+
+
+def write_clip(output_dir: str, index: int, clip: np.ndarray, record: dict, *, sample_rate: int,
+               spectrogram: bool) -> None:
+  """Writes clip `index`'s WAV (+ PNG), then its record; each atomically."""
+  name = clip_name(index)
+  atomic_write(os.path.join(output_dir, name + ".wav"),
+               lambda p: audio_summaries.write_wav(p, clip, sample_rate))
+  record = {"file": name + ".wav", **record}
+  if spectrogram:
+    atomic_write(os.path.join(output_dir, name + ".png"),
+                 lambda p: audio_summaries.spectrogram_png(clip, sample_rate, p, title=name))
+    record["spectrogram"] = name + ".png"
+  atomic_write_json(record_path(output_dir, index), record)
+
+
+def merge_records(output_dir: str, num_samples: int, metadata: dict) -> list[dict]:
+  """Writes samples.json: metadata + every clip's record, most likely first."""
+  records = []
+  for i in range(num_samples):
+    with open(record_path(output_dir, i), encoding="utf-8") as f:
+      records.append(json.load(f))
+  records.sort(key=lambda r: (-r["log_likelihood"], r["index"]))
+  atomic_write_json(os.path.join(output_dir, SAMPLES_FILE), {**metadata, "samples": records})
+  return records
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation.
+
+
+@dataclasses.dataclass
+class JobResult:
+  generated: int        # clips generated by this run on every host
+  written: int          # clips this process wrote
+  skipped: int          # clips already complete
+  seconds: float        # wall time of the generation, compilation included
+  tokens_per_second: float
+  records: list         # samples.json's records (process 0; [] elsewhere)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _broadcast(value: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.broadcast_one_to_all(value))
+
+
+def _local_rows(array: jax.Array) -> dict[int, np.ndarray]:
+  """{global row: value} for the rows this process holds."""
+  rows = {}
+  for shard in array.addressable_shards:
+    start = shard.index[0].start or 0
+    data = np.asarray(shard.data)
+    for offset in range(data.shape[0]):
+      rows.setdefault(start + offset, data[offset])
+  return rows
+
+
+def global_batch_size(requested: int, device_count: int) -> int:
+  """`requested` rounded up to a multiple of the device count."""
+  return max(1, math.ceil(max(requested, 1) / device_count)) * device_count
+
+
+def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batch_size: int,
+            clip_frames: int, prompts: Optional[np.ndarray] = None,
+            prompt_names: Sequence[str] = (), temperature: float = 1.0, top_p: float = 1.0,
+            seed: int = 0, chunk_tokens: int = 4096, spectrograms: bool = False,
+            metadata: Optional[dict] = None, mesh=None,
+            progress: Optional[Callable[[int], Any]] = None) -> JobResult:
+  """Generates the clips of `output_dir`'s job that are not complete yet.
+
+  Args:
+    model: the trained `SaShiMiLM`.
+    config: its ConfigDict.
+    output_dir: the job's folder (shared by all hosts).
+    job: the arguments that determine the clips (recorded in job.json, compared on reruns).
+    num_samples: clips 0..num_samples-1.
+    batch_size: clips generated together (rounded up to a multiple of the device count).
+    clip_frames: frames per clip, prompt included.
+    prompts: optional int32 (n, P) stream tokens; clip i continues prompt i mod n.
+    prompt_names: the n prompts' names, for the records.
+    temperature, top_p, seed: sampling settings.
+    chunk_tokens: tokens per compiled segment.
+    spectrograms: also write a PNG per clip.
+    metadata: extra samples.json fields.
+    mesh: the data mesh (default: every device of every process).
+    progress: called with the number of tokens generated so far (process 0).
+
+  Raises:
+    ValueError: if `output_dir` holds another job's files.
+  """
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  mesh = mesh if mesh is not None else sharding.create_mesh()
+  problem = check_output_dir(output_dir, job)
+  _sync("sample_job_checked")
+  if problem:
+    raise ValueError(problem)
+  if jax.process_index() == 0:
+    prepare_output_dir(output_dir, job)
+  _sync("sample_job_prepared")
+  done = _broadcast(completed_mask(output_dir, num_samples))
+  pending = np.nonzero(~done)[0].astype(np.int32)
+  if done.any():
+    logging.info("%d of %d clips already complete in %s; generating the other %d.",
+                 int(done.sum()), num_samples, output_dir, pending.size)
+  channels = 2 if config.dataset.is_stereo else 1
+  total_tokens = clip_frames * channels
+  prompt_len = 0 if prompts is None else int(prompts.shape[1])
+  new_tokens = total_tokens - prompt_len
+  if new_tokens < 1:
+    raise ValueError(f"Nothing to generate: the prompt has {prompt_len} tokens and a clip "
+                     f"{total_tokens}; raise --seconds or lower --prompt_seconds.")
+  batch = global_batch_size(min(batch_size, max(pending.size, 1)), mesh.devices.size)
+  sample_rate = int(config.dataset.sample_rate)
+  head = config.model.output_head
+  head_kwargs = {"head": head, "bits": int(config.dataset.bits),
+                 "n_mixtures": int(config.model.n_mixtures) if head == "dml" else 0}
+  key = jax.random.key(seed)
+  written = 0
+  start = time.perf_counter()
+  for first in range(0, pending.size, batch):
+    indices = pending[first:first + batch]
+    real = indices.size
+    indices = np.concatenate([indices, np.full(batch - real, indices[-1], np.int32)])
+    row_prompts = None if prompts is None else prompts[indices % prompts.shape[0]]
+
+    def chunk_done(tokens_done, real=real, first=first):
+      if progress is not None:
+        progress(first * new_tokens + tokens_done * real)
+
+    out = sampling.generate(
+        model, key, batch_size=batch, num_tokens=new_tokens, prompt=row_prompts,
+        temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
+        chunk_tokens=chunk_tokens, progress=chunk_done, **head_kwargs)
+    tokens = _local_rows(out["tokens"])
+    loglik = _local_rows(out["log_likelihood"])
+    entropy = _local_rows(out["mean_entropy"])
+    for row in sorted(tokens):
+      if row >= real:
+        continue  # padding of the last batch.
+      written += 1
+      index = int(indices[row])
+      clip = np.asarray(pipeline.decode_tokens(tokens[row], config.dataset), np.float32)
+      record = {
+          "index": index,
+          "log_likelihood": float(loglik[row]),
+          "bits_per_token": float(-loglik[row] / (new_tokens * math.log(2.0))),
+          "mean_entropy": float(entropy[row]),
+      }
+      if prompts is not None:
+        record["prompt"] = prompt_names[index % prompts.shape[0]] if prompt_names else None
+      write_clip(output_dir, index, clip, record, sample_rate=sample_rate,
+                 spectrogram=spectrograms)
+  seconds = time.perf_counter() - start
+  logging.info("Process %d wrote %d clips.", jax.process_index(), written)
+  _sync("sample_job_written")
+  records = []
+  if jax.process_index() == 0:
+    missing = np.nonzero(~completed_mask(output_dir, num_samples))[0]
+    if missing.size:
+      raise ValueError(f"{missing.size} clips have no record after generation (e.g. "
+                       f"{clip_name(int(missing[0]))}); is --output_dir shared by every host?")
+    tokens_per_second = pending.size * new_tokens / max(seconds, 1e-9)
+    records = merge_records(output_dir, num_samples, {
+        **job, **(metadata or {}), "prompt_tokens": prompt_len,
+        "tokens_per_second_incl_compile": tokens_per_second if pending.size else None})
+  _sync("sample_job_merged")
+  return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()), seconds=seconds,
+                   tokens_per_second=pending.size * new_tokens / max(seconds, 1e-9),
+                   records=records)
