@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.disc = "bilinear"  # DPLR S4 (layer s4) discretises bilinearly; S4D: zoh.
   config.model.dt_min = 1e-3
   config.model.dt_max = 1e-1
+  config.model.conv_impl = "auto"  # auto (per platform) | fft | fft_freq | chunked.
   config.model.output_head = "categorical"  # categorical | dml.
   config.model.n_mixtures = 10  # DML only.
 

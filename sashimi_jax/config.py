@@ -24,6 +24,7 @@ OUTPUT_HEADS = heads.HEADS
 QUANTIZATIONS = quantize.METHODS
 SCHEDULES = optim.SCHEDULES
 DISCRETIZATIONS = discretize.DISCRETIZATIONS
+CONV_IMPLS = s4.CONV_IMPLS
 MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 
@@ -187,6 +188,7 @@ def find_problems(config, *, num_devices: int | None = None,
   dt_max = _check_float(config, f"{m}.dt_max", problems, minimum=0.0, strict_min=True)
   if dt_min is not None and dt_max is not None and dt_min > dt_max:
     problems.append(f"{m}.dt_min={dt_min} must be <= {m}.dt_max={dt_max}.")
+  _check_choice(config, f"{m}.conv_impl", CONV_IMPLS, problems)
   head = _check_choice(config, f"{m}.output_head", OUTPUT_HEADS, problems)
   n_mixtures = _check_int(config, f"{m}.n_mixtures", problems, minimum=1)
   del n_mixtures, head

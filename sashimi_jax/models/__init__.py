@@ -44,6 +44,7 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
       disc=m.disc,
       dt_min=m.dt_min,
       dt_max=m.dt_max,
+      conv_impl=m.conv_impl,
       l_max=l_max,
       rngs=rngs,
   )

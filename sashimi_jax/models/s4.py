@@ -16,10 +16,12 @@ import numpy as np
 from flax import nnx
 
 from sashimi_jax.models import layers
+from sashimi_jax.models.ssm import chunkconv
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import fftconv
+from sashimi_jax.models.ssm import freqconv
 from sashimi_jax.models.ssm import init as ssm_init
 from sashimi_jax.models.ssm import s4d
 
@@ -28,6 +30,13 @@ FINAL_ACTS = ("glu", "id")
 DEFAULT_INIT = {"s4": "legs", "s4d": "diag-lin"}
 DEFAULT_DISC = {"s4": "bilinear", "s4d": "zoh"}
 INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
+# How the long convolution is computed (see README "Speed"): "fft" builds the kernel in time and
+# uses three FFTs; "fft_freq" evaluates the kernel's spectrum directly (two FFTs); "chunked" passes
+# the SSM state between chunks (matmuls, no FFT); "auto" picks per platform at lowering time.
+CONV_IMPLS = ("auto", "fft", "fft_freq", "chunked")
+# Chosen by benchmarks/conv_cost.py: TPUs lower FFTs to DFT matmuls, so chunks win there.
+AUTO_CONV_IMPL = {"tpu": "chunked", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
+CHUNK_TOKENS = {"tpu": 64, "cpu": 64, "cuda": 64, "rocm": 64}
 
 
 class SSMKernel(nnx.Module):
@@ -88,10 +97,26 @@ class SSMKernel(nnx.Module):
     """
     if self.layer == "s4d":
       return s4d.s4d_kernel(*self._ssm_args(), length=length, disc=self.disc)
-    if length > self.l_max:
+    self._check_length(length)
+    return dplr.dplr_kernel(*self._ssm_args(), length=self.l_max)[:, :length]
+
+  def spectrum(self, length: int) -> jax.Array:
+    """rfft at n = 2 length of the kernel's first `length` taps: (H, length + 1) complex64."""
+    if self.layer == "s4d":
+      return freqconv.s4d_spectrum(*self._ssm_args(), length=length, disc=self.disc)
+    self._check_length(length)
+    return freqconv.dplr_spectrum(*self._ssm_args(), length=length, l_max=self.l_max)
+
+  def chunk_ops(self, chunk: int) -> dict:
+    """Operators of chunkconv.chunked_causal_conv for chunks of `chunk` tokens."""
+    if self.layer == "s4d":
+      return chunkconv.s4d_chunk_ops(*self._ssm_args(), chunk=chunk, disc=self.disc)
+    return chunkconv.dplr_chunk_ops(*self._ssm_args(), chunk=chunk, l_max=self.l_max)
+
+  def _check_length(self, length: int):
+    if self.layer == "s4" and length > self.l_max:
       raise ValueError(f"S4 (DPLR) layer built for l_max={self.l_max} got a sequence of "
                        f"length {length}; its C~ parameterisation fixes the kernel length")
-    return dplr.dplr_kernel(*self._ssm_args(), length=self.l_max)[:, :length]
 
   def _c_tilde_from_c(self, C):
     args = (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...], self.P[...])
@@ -131,7 +156,9 @@ class S4Block(nnx.Module):
   def __init__(self, d_model: int, *, l_max: int, layer: str, d_state: int = 64, n_ssm: int = 1,
                final_act: str = "glu", dropout: float = 0.0, init: Optional[str] = None,
                disc: Optional[str] = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-               rngs: nnx.Rngs):
+               conv_impl: str = "auto", rngs: nnx.Rngs):
+    if conv_impl not in CONV_IMPLS:
+      raise ValueError(f"unknown conv_impl {conv_impl!r}; expected one of {CONV_IMPLS}")
     if layer not in LAYERS:
       raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
     if final_act not in FINAL_ACTS:
@@ -139,6 +166,7 @@ class S4Block(nnx.Module):
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     self.d_model = d_model
+    self.conv_impl = conv_impl
     self.final_act = final_act
     self.dropout = float(dropout)
     self.kernel = SSMKernel(
@@ -170,14 +198,30 @@ class S4Block(nnx.Module):
     """x (B, L, H) -> (B, L, H), causal."""
     if x.ndim != 3 or x.shape[-1] != self.d_model:
       raise ValueError(f"S4Block expects (B, L, {self.d_model}) input, got shape {x.shape}")
-    length = x.shape[1]
-    k = self.kernel(length)
-    y = fftconv.causal_fft_conv(x, k) + x.astype(jnp.float32) * self.D[...]
+    y = self._convolve(x) + x.astype(jnp.float32) * self.D[...]
     y = y.astype(x.dtype)
     y = self._dropout(y, deterministic, rngs)  # Reference: FFTConv's dropout, before its GELU.
     y = jax.nn.gelu(y, approximate=False)
     y = self._dropout(y, deterministic, rngs)  # Reference: S4Block's dropout.
     return self._output(y)
+
+  def _convolve(self, x: jax.Array, conv_impl: Optional[str] = None,
+                platform: str = "cpu") -> jax.Array:
+    """Causal SSM convolution of x (B, L, H) -> (B, L, H) float32 by `conv_impl`."""
+    conv_impl = conv_impl or self.conv_impl
+    length = x.shape[1]
+    self.kernel._check_length(length)  # pylint: disable=protected-access
+    if conv_impl == "auto":
+      # Resolved when lowering for a platform (also for AOT compiles on another host).
+      branches = {p: (lambda x, p=p: self._convolve(x, AUTO_CONV_IMPL[p], p))
+                  for p in AUTO_CONV_IMPL}
+      return jax.lax.platform_dependent(x, **branches)
+    if conv_impl == "fft":
+      return fftconv.causal_fft_conv(x, self.kernel(length))
+    if conv_impl == "fft_freq":
+      return freqconv.causal_spectrum_conv(x, self.kernel.spectrum(length))
+    chunk = min(CHUNK_TOKENS.get(platform, 64), length)
+    return chunkconv.chunked_causal_conv(x, self.kernel.chunk_ops(chunk))
 
   def setup_recurrence(self) -> dict:
     """Discretised recurrence matrices; compute once, outside any sampling loop."""

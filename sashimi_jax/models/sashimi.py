@@ -33,7 +33,8 @@ class SaShiMiLM(nnx.Module):
   tokens[:t+1] only.
 
   Each S4 layer at level k gets l_max / prod(pool[:k]) as its kernel length; `n_ssm=None` gives
-  every S4 layer one SSM per channel; `init`/`disc` None take S4Block's per-layer defaults.
+  every S4 layer one SSM per channel; `init`/`disc` None take S4Block's per-layer defaults;
+  `conv_impl` is how S4Block computes its convolution (models/s4.py CONV_IMPLS).
   """
 
   def __init__(
@@ -56,6 +57,7 @@ class SaShiMiLM(nnx.Module):
       disc: str | None = None,
       dt_min: float = 1e-3,
       dt_max: float = 1e-1,
+      conv_impl: str = "auto",
       l_max: int,
       rngs: nnx.Rngs,
   ):
@@ -89,7 +91,7 @@ class SaShiMiLM(nnx.Module):
             width, l_max=level_l_max, layer=layer, d_state=d_state,
             n_ssm=width if n_ssm is None else n_ssm,
             final_act=final_act, dropout=dropout, init=init, disc=disc, dt_min=dt_min,
-            dt_max=dt_max, rngs=rngs,
+            dt_max=dt_max, conv_impl=conv_impl, rngs=rngs,
         )
         blocks.append(layers.ResidualBlock(width, s4, dropout=dropout, rngs=rngs))
         if ff > 0:

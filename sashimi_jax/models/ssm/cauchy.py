@@ -43,6 +43,22 @@ def cauchy_rho(v: jax.Array, w: jax.Array, length: int, chunk: int = DEFAULT_CHU
     (M, H, L // 2 + 1) complex64.
   """
   a, b = roots_of_unity_nodes(length)
+  return cauchy_rho_at(v, w, a, b, chunk)
+
+
+def cauchy_rho_at(v: jax.Array, w: jax.Array, a: np.ndarray, b: np.ndarray,
+                  chunk: int = DEFAULT_CHUNK) -> jax.Array:
+  """As cauchy_rho, at any nodes given as a = 2 (1 - omega), b = 1 + omega.
+
+  Args:
+    v: (M, H, N2) complex64 numerators.
+    w: (H, N2) complex64 poles (Re w < 0).
+    a, b: (K,) complex128 numpy node coordinates.
+    chunk: nodes per chunk, static.
+
+  Returns:
+    (M, H, K) complex64.
+  """
   num_nodes = a.shape[0]
   chunk = min(chunk, num_nodes)
   num_chunks = -(-num_nodes // chunk)

@@ -158,6 +158,41 @@ def solve(a: jax.Array, b: jax.Array) -> jax.Array:
   return aug[..., -1]
 
 
+@jax.custom_vjp
+def solve_differentiable(a: jax.Array, b: jax.Array) -> jax.Array:
+  """solve(a, b) with the implicit-function gradient (no Gauss-Jordan residuals kept)."""
+  return solve(a, b)
+
+
+def _solve_fwd(a, b):
+  x = solve(a, b)
+  return x, (a, x)
+
+
+def _solve_bwd(residuals, g):
+  a, x = residuals
+  g_b = solve(jnp.swapaxes(a, -1, -2), g)  # a^T g_b = g
+  return -g_b[:, :, None] * x[:, None, :], g_b
+
+
+solve_differentiable.defvjp(_solve_fwd, _solve_bwd)
+
+
+def real_system(log_dt, log_A_real, A_imag, B, P, C, *, length: int):
+  """The layer as a real system x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k.
+
+  c = C~ (I - A_bar^L)^{-1} for the C~ length L (one dense solve, differentiable).
+
+  Returns:
+    A_bar (H, N, N), B_bar (H, N), c (H, N) float32.
+  """
+  A_bar, B_bar = dense_discretization(log_dt, log_A_real, A_imag, B, P)
+  A_pow = matrix_power(A_bar, length)
+  eye = jnp.eye(A_bar.shape[-1], dtype=jnp.float32)
+  c = solve_differentiable(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C))
+  return A_bar, B_bar, c
+
+
 def _halves(x):
   n2 = x.shape[-1] // 2
   return x[..., :n2], x[..., n2:]
@@ -229,7 +264,7 @@ def dplr_step(rec: dict, state, u: jax.Array):
   return _output(rec, new_re, new_im), (new_re, new_im)
 
 
-def _krylov(A_bar, B_bar, size):
+def krylov(A_bar, B_bar, size):
   """[A^j B for j < size] as (H, N, size), by doubling."""
   cols = B_bar[..., None]
   power = A_bar
@@ -255,7 +290,7 @@ def dplr_prefill_state(rec: dict, u: jax.Array):
   num_chunks = -(-length // c)
   u = jnp.pad(u.astype(jnp.float32), ((0, 0), (num_chunks * c - length, 0), (0, 0)))
   u = u.reshape(batch, num_chunks, c, channels)
-  k_rev = jnp.flip(_krylov(A_bar, B_bar, c), axis=-1)  # [:, :, j] = A^(c-1-j) B
+  k_rev = jnp.flip(krylov(A_bar, B_bar, c), axis=-1)  # [:, :, j] = A^(c-1-j) B
   contrib = jnp.einsum("hnj,bmjh->mbhn", k_rev, u, precision=_HIGHEST)  # (M, B, H, N)
   A_c = matrix_power(A_bar, c)
 
