@@ -1,8 +1,13 @@
 """Parameter counts equal the reference standalone SaShiMi's (state-spaces/s4 models/sashimi).
 
 Reference setting: d_model 64, pool [4, 4], expand 2, ff 2, d_state 64, DPLR S4 layers, with
-Embedding(256, 64) and Linear(64, 256); complex parameters count as 2 reals. The figures are the
-ones docs/REFERENCE.md reports for the PyTorch standalone (paper: 1.29M and 4.1M).
+Embedding(256, 64) and Linear(64, 256); complex parameters count as 2 reals. The figures are
+those of the PyTorch standalone (state-spaces/s4 `models/sashimi/sashimi.py` with `models/s4/s4.py`;
+paper: 1.29M and 4.1M). Arithmetic for n_layers 2, `id` output (1,289,600): embedding 256*64 +
+head 64*256+256 + final LayerNorm 128; per S4 block at width H (N/2 = 32 complex modes, one SSM):
+log_dt H, A 2*32 (Re, Im), B 2*32, P 2*32, C 2*H*32, D H, output Linear H*H+H, LayerNorm 2H; per FF
+block: 2*(2H*H) + 2H + H + 2H (LayerNorm); two of each at H = 64, 128, 256, plus the pooling
+linears (4*64*128+128, 4*128*256+256 down; 256*512+512, 128*256+256 up).
 """
 
 import jax
