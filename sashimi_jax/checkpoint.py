@@ -30,6 +30,10 @@ BEST_METRIC = "eval/bits_per_token"
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
 _COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers",)
+# Version of the parameter tree's layout, saved with the config (key PARAM_LAYOUT_KEY). 1: one
+# module per residual block (no key saved); 2: each stage's blocks stacked on a layer axis.
+PARAM_LAYOUT = 2
+PARAM_LAYOUT_KEY = "param_layout"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -123,14 +127,25 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain_checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(_to_dict(config)))
+        config=ocp.args.JsonSave({**_to_dict(config), PARAM_LAYOUT_KEY: PARAM_LAYOUT}))
     self._manager.save(int(step), args=args, metrics=metrics, force=True)
     self._manager.wait_until_finished()
 
   def saved_config(self, step: int) -> dict:
-    """The config JSON saved with `step`."""
+    """The config JSON saved with `step`.
+
+    Raises:
+      ValueError: if its parameters have another layout than this code's (PARAM_LAYOUT).
+    """
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return dict(restored["config"])
+    config = dict(restored["config"])
+    layout = config.pop(PARAM_LAYOUT_KEY, 1)
+    if layout != PARAM_LAYOUT:
+      raise ValueError(
+          f"Checkpoint {self.directory} step {step} has parameter layout {layout} and this code "
+          f"reads layout {PARAM_LAYOUT} (layout 1: one module per layer; 2: layers stacked per "
+          "stage); restore it with the code that wrote it, or train anew in a new --workdir.")
+    return config
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores the state at `step` into the structure/shardings of `abstract_state`.
