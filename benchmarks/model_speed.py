@@ -45,14 +45,28 @@ _MEMORY_LENGTHS = flags.DEFINE_list("memory_lengths", ["16384", "65536", "262144
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16"], "Batch sizes of the step timing.")
 _STEP_TOKENS = flags.DEFINE_integer("step_tokens", 2048, "Recurrent steps per timed run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs after a warm-up (minimum reported).")
+_REMAT = flags.DEFINE_string("remat", "none", "model.remat; none (the default) is not passed on, "
+                             "so the script also times checkouts without the option.")
+_COMPUTE_DTYPE = flags.DEFINE_string("compute_dtype", "float32",
+                                     "model.compute_dtype; float32 (the default) is not passed on.")
 
 
-def make_model(layer: str, n_layers: int, l_max: int) -> SaShiMiLM:
-  """The SC09 SaShiMi with 2**8 tokens in and categorical logits out."""
+def model_options() -> dict:
+  """SaShiMiLM keyword arguments from --remat / --compute_dtype (only those not at default)."""
+  options = {}
+  if _REMAT.value != "none":
+    options["remat"] = _REMAT.value
+  if _COMPUTE_DTYPE.value != "float32":
+    options["compute_dtype"] = _COMPUTE_DTYPE.value
+  return options
+
+
+def make_model(layer: str, n_layers: int, l_max: int, **options) -> SaShiMiLM:
+  """The SC09 SaShiMi with 2**8 tokens in and categorical logits out (`options`: more kwargs)."""
   return SaShiMiLM(
       num_tokens=256, output_dim=256, d_model=64, n_layers=n_layers, pool=(4, 4), expand=2, ff=2,
       unet=False, dropout=0.0, layer=layer, d_state=64, n_ssm=1, final_act="glu",
-      disc="bilinear" if layer == "s4" else "zoh", l_max=l_max, rngs=nnx.Rngs(0))
+      disc="bilinear" if layer == "s4" else "zoh", l_max=l_max, rngs=nnx.Rngs(0), **options)
 
 
 def make_train_step(graphdef, optimizer):
@@ -70,14 +84,16 @@ def make_train_step(graphdef, optimizer):
   return jax.jit(train_step, donate_argnums=(0, 1))
 
 
-def _abstract_model(layer, n_layers, length):
-  return nnx.split(nnx.eval_shape(lambda: make_model(layer, n_layers, length)))
+def abstract_model(layer, n_layers, length, **options):
+  """(graphdef, abstract params) of `make_model` (default: --remat etc.), nothing computed."""
+  options = options or model_options()
+  return nnx.split(nnx.eval_shape(lambda: make_model(layer, n_layers, length, **options)))
 
 
 def _init_params(layer, n_layers, length):
   # Eager: one jit-compiled init of the SC09 model took 138-142 s to compile (S4D and DPLR,
   # shared machine), the eager build 12-36 s, since eager ops of equal shapes share compiles.
-  return nnx.split(make_model(layer, n_layers, length))[1]
+  return nnx.split(make_model(layer, n_layers, length, **model_options()))[1]
 
 
 def _best_wall_and_cpu_seconds(run_once) -> tuple[float, float]:
@@ -93,7 +109,7 @@ def _best_wall_and_cpu_seconds(run_once) -> tuple[float, float]:
 
 def train_row(layer: str, n_layers: int, length: int) -> dict:
   """Measures one training step configuration (batch 1)."""
-  graphdef, abstract_params = _abstract_model(layer, n_layers, length)
+  graphdef, abstract_params = abstract_model(layer, n_layers, length)
   optimizer = optax.adamw(1e-3, weight_decay=0.0)
   params = _init_params(layer, n_layers, length)
   opt_state = jax.jit(optimizer.init)(params)
@@ -122,7 +138,7 @@ def train_row(layer: str, n_layers: int, length: int) -> dict:
 
 def memory_row(layer: str, n_layers: int, length: int) -> dict:
   """Compiled memory of one training step at `length` tokens (nothing is run)."""
-  graphdef, abstract_params = _abstract_model(layer, n_layers, length)
+  graphdef, abstract_params = abstract_model(layer, n_layers, length)
   optimizer = optax.adamw(1e-3, weight_decay=0.0)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
@@ -140,7 +156,7 @@ def memory_row(layer: str, n_layers: int, length: int) -> dict:
 
 def step_row(layer: str, n_layers: int, batch_size: int) -> dict:
   """Recurrent mode: ms per lax.scan step of model.step over teacher-forced tokens."""
-  graphdef, _ = _abstract_model(layer, n_layers, 16000)
+  graphdef, _ = abstract_model(layer, n_layers, 16000)
   params = _init_params(layer, n_layers, 16000)
   num_steps = _STEP_TOKENS.value
 

@@ -130,12 +130,11 @@ def weights_per_token(model) -> tuple[float, int]:
     top = keys[0]
     if top == "embedding":
       continue  # a lookup
-    if top in ("down_layers", "up_layers"):
-      rate = rates[int(keys[1])]
-    elif top in ("down_pools", "up_pools"):
-      rate = rates[int(keys[1]) + 1]  # their linears run once per coarse frame
-    elif top == "center_layers":
-      rate = rates[-1]
+    if top == "level":
+      depth = keys.count("inner")  # level k sits under k `inner` attributes
+      part = keys[1 + depth]
+      # Stages run once per frame of their level, the pooling linears once per coarse frame.
+      rate = rates[depth + 1] if part in ("down_pool", "up_pool") else rates[depth]
     else:
       rate = 1  # final norm and head
     per_token += size / rate

@@ -47,11 +47,19 @@ BEST_METRIC = "eval/bits_per_token"
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
 _COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers",)
+# Version of the parameter tree's layout, saved with the config (key PARAM_LAYOUT_KEY). 1: one
+# module per residual block (no key saved); 2: each stage's blocks stacked on a layer axis.
+PARAM_LAYOUT = 2
+PARAM_LAYOUT_KEY = "param_layout"
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be written or restored (one line; a ValueError so entry points
   report it without a traceback)."""
+
+
+class ParamLayoutError(ValueError):
+  """A checkpoint written with another parameter layout: intact, but not for this code."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -270,7 +278,7 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain_checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(_to_dict(config)))
+        config=ocp.args.JsonSave({**_to_dict(config), PARAM_LAYOUT_KEY: PARAM_LAYOUT}))
     earlier = self.all_steps()
     try:
       with _quiet_orbax_failures():
@@ -341,6 +349,8 @@ class Checkpointer:
       try:
         if self.damage(step) is None:
           return step, self.saved_config(step)
+      except ParamLayoutError:
+        raise
       except Exception:  # pylint: disable=broad-except  (restore_latest reports it)
         continue
     return None, None
@@ -373,6 +383,8 @@ class Checkpointer:
       try:
         cause = self.damage(step)
         saved = None if cause else self.saved_config(step)
+      except ParamLayoutError:  # intact, but for other code: never set aside as damage.
+        raise
       except Exception as e:  # pylint: disable=broad-except
         cause = one_line(e)
       if cause is None:
@@ -397,9 +409,20 @@ class Checkpointer:
     return None, None
 
   def saved_config(self, step: int) -> dict:
-    """The config JSON saved with `step`."""
+    """The config JSON saved with `step`.
+
+    Raises:
+      ParamLayoutError: if its parameters have another layout than this code's (PARAM_LAYOUT).
+    """
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return dict(restored["config"])
+    config = dict(restored["config"])
+    layout = config.pop(PARAM_LAYOUT_KEY, 1)
+    if layout != PARAM_LAYOUT:
+      raise ParamLayoutError(
+          f"Checkpoint {self.directory} step {step} has parameter layout {layout} and this code "
+          f"reads layout {PARAM_LAYOUT} (layout 1: one module per layer; 2: layers stacked per "
+          "stage); restore it with the code that wrote it, or train anew in a new --workdir.")
+    return config
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
     """Restores the state at `step` into the structure/shardings of `abstract_state`.
@@ -485,6 +508,8 @@ def load_for_inference(workdir: str, step: int | None = None):
           with _quiet_orbax_failures():
             config, graphdef, params = restore(s)
           break
+        except ParamLayoutError:
+          raise
         except Exception as e:  # pylint: disable=broad-except
           cause = one_line(e)
       if step is None:  # falling back; an explicit --step gets one error line below.

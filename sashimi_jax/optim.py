@@ -4,8 +4,9 @@ Parameter groups (as in state-spaces/s4, whose S4 layers register `dt, A, B, P` 
 and no weight decay):
 - "ssm": every parameter under a child module named `kernel` except `C`: `train.ssm_learning_rate`,
   no weight decay.
-- "decay": other matrices (ndim >= 2), except the token embedding: `train.learning_rate` and
-  `train.weight_decay` (decoupled, AdamW).
+- "decay": other matrices (ndim >= 2, not counting the layer axis of a scanned stage's stacked
+  parameters), except the token embedding: `train.learning_rate` and `train.weight_decay`
+  (decoupled, AdamW).
 - "no_decay": biases, norm scales and the embedding: `train.learning_rate`, no weight decay.
 The plateau schedule's multiplier lives in the train state (it depends on validation bits, which the
 host computes); `plateau_update` is the pure rule that changes it.
@@ -19,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from sashimi_jax.models.stage import STACK
 
 SSM, DECAY, NO_DECAY = "ssm", "decay", "no_decay"
 _NAME_KEYS = ("key", "name")
@@ -53,7 +56,9 @@ def label_of(path, leaf) -> str:
     return SSM
   if any("embed" in n.lower() for n in names) or any("norm" in n.lower() for n in names):
     return NO_DECAY
-  return DECAY if getattr(leaf, "ndim", 0) >= 2 else NO_DECAY
+  # A scanned stage stacks its layers' parameters on a leading axis: a stacked bias is a vector.
+  ndim = getattr(leaf, "ndim", 0) - names.count(STACK)
+  return DECAY if ndim >= 2 else NO_DECAY
 
 
 def param_labels(params) -> Any:

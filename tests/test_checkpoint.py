@@ -73,6 +73,20 @@ def test_restore_returns_state_and_iterator_position(tmp_path):
   ckpt.close()
 
 
+def test_checkpoint_of_another_parameter_layout_is_a_one_line_error(tmp_path, monkeypatch):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=3)
+  # As the code before scanned stages wrote it: no layout recorded (layout 1).
+  monkeypatch.setattr(checkpoint_lib, "PARAM_LAYOUT_KEY", "unused_key")
+  ckpt.save(3, _state(3), _iterator(), _config())
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="parameter layout 1 and this code reads layout 2") as e:
+    ckpt.saved_config(3)
+  assert "\n" not in str(e.value)
+  ckpt.save(4, _state(4), _iterator(), _config())
+  assert checkpoint_lib.PARAM_LAYOUT_KEY not in ckpt.saved_config(4)
+  ckpt.close()
+
+
 def test_refuses_to_checkpoint_nonfinite_params(tmp_path):
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2)
   state = _state(1)

@@ -20,11 +20,18 @@ DPLR_TOLERANCE = 1e-3
 
 
 def _small_model(*, pool=(4, 4), unet=False, layer="s4d", l_max=64, **kwargs):
-  args = dict(num_tokens=32, output_dim=12, d_model=8, n_layers=1, pool=pool, expand=2, ff=2,
+  args = dict(num_tokens=32, output_dim=12, d_model=8, n_layers=2, pool=pool, expand=2, ff=2,
               unet=unet, layer=layer, d_state=8, final_act="glu",
               disc="bilinear" if layer == "s4" else "zoh", l_max=l_max, rngs=nnx.Rngs(0))
   args.update(kwargs)
   return SaShiMiLM(**args)
+
+
+def _l_max(model, level):
+  """The kernel length of level `level`'s S4 layers (-1: the center)."""
+  node = model.levels()[level]
+  stage = node.up if hasattr(node, "up") else node.stage
+  return stage.pair(0).s4.layer.kernel.l_max
 
 
 def _relative_error(reference, other):
@@ -153,7 +160,7 @@ def test_full_training_length_conv_equals_recurrent(is_stereo):
   config = _tiny_config(is_stereo)
   model = build_model(config, nnx.Rngs(0))
   num_tokens = config.dataset.sample_len * (2 if is_stereo else 1)  # stereo: one 2L stream
-  chex.assert_equal(model.center_layers[0].layer.kernel.l_max, num_tokens // 16)
+  chex.assert_equal(_l_max(model, -1), num_tokens // 16)
   tokens = _tokens(1, num_tokens, num_tokens=256)
   conv, recurrent = _conv_and_scan(model, tokens)
   chex.assert_shape(conv, (1, num_tokens, 256))
@@ -223,15 +230,15 @@ def test_build_model_derives_sizes():
   chex.assert_equal(model.output_dim, 256)
   chex.assert_equal(model.num_tokens, 256)
   # Each S4 layer at depth k gets l_max / prod(pool[:k]) with l_max = 2 * sample_len.
-  chex.assert_equal(model.up_layers[0][0].layer.kernel.l_max, 128)
-  chex.assert_equal(model.up_layers[1][0].layer.kernel.l_max, 32)
-  chex.assert_equal(model.center_layers[0].layer.kernel.l_max, 8)
+  chex.assert_equal(_l_max(model, 0), 128)
+  chex.assert_equal(_l_max(model, 1), 32)
+  chex.assert_equal(_l_max(model, -1), 8)
   config.model.output_head = "dml"
   config.model.n_mixtures = 5
   config.dataset.is_stereo = False
   model = build_model(config, nnx.Rngs(0))
   chex.assert_equal(model.output_dim, 15)
-  chex.assert_equal(model.up_layers[0][0].layer.kernel.l_max, 64)
+  chex.assert_equal(_l_max(model, 0), 64)
 
 
 def test_bad_inputs_raise():

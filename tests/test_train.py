@@ -29,12 +29,14 @@ import numpy as np
 import optax
 import pytest
 import soundfile as sf
+from flax import nnx
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
 from sashimi_jax import checkpoint as checkpoint_lib
 from sashimi_jax import metrics as metrics_lib
 from sashimi_jax import optim
+from sashimi_jax.models.stage import STACK, Stage
 import launch_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -111,6 +113,20 @@ def test_parameter_groups():
   assert labels["block"]["output_linear"] == {"kernel": "decay", "bias": "no_decay"}
   assert labels["block"]["norm"]["scale"] == "no_decay"
   assert labels["embedding"]["embedding"] == "no_decay"
+
+
+def test_stacked_stage_parameters_keep_their_groups():
+  # A scanned stage stacks each parameter on a layer axis: a stacked bias (n_layers, H) is still a
+  # vector (no weight decay), and every leaf has the label of the same leaf of one unstacked pair.
+  stage = Stage(8, n_layers=3, ff=2, dropout=0.0, l_max=32, layer="s4", d_state=8, n_ssm=1,
+                final_act="glu", init="legs", disc="bilinear", rngs=nnx.Rngs(0))
+  stacked = optim.param_labels(nnx.state(stage, nnx.Param))[STACK]
+  single = optim.param_labels(nnx.state(stage.pair(0), nnx.Param))
+  assert jax.tree.leaves(stacked) == jax.tree.leaves(single)
+  s4 = nnx.to_pure_dict(stacked)["s4"]
+  assert s4["layer"]["D"] == "no_decay" and s4["layer"]["output_linear"]["bias"] == "no_decay"
+  assert s4["layer"]["kernel"]["log_dt"] == "ssm" and s4["layer"]["kernel"]["P"] == "ssm"
+  assert s4["layer"]["kernel"]["C"] == "decay" and s4["layer"]["output_linear"]["kernel"] == "decay"
 
 
 def test_optimizer_equals_one_adamw_per_group():

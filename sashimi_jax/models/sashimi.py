@@ -1,16 +1,16 @@
-"""SaShiMi backbone and token language model, in convolution and recurrent mode.
+"""SaShiMi token language model: embedding -> U-Net of levels -> LayerNorm -> head.
 
 Structure (Goel et al. 2022; the reference's standalone `models/sashimi/sashimi.py`): a U-shaped
-stack of levels. Level k works at 1/prod(pool[:k]) of the token rate with width
-d_model * expand**k. Level k < K = len(pool) optionally runs `n_layers` (S4, FF) residual pairs
-(`unet` only), pools down into level k+1, pools level k+1's output back up (shifted one coarse
-frame, so the model stays causal), adds skips and runs `n_layers` (S4, FF) pairs. Level K (the
-center) runs `n_layers` pairs with a residual around them.
+stack of levels (models/level.py). Level k works at 1/prod(pool[:k]) of the token rate with width
+d_model * expand**k. Level k < K = len(pool) optionally runs a stage of `n_layers` (S4, FF)
+residual pairs (`unet` only), pools down into level k+1, pools level k+1's output back up (shifted
+one coarse frame, so the model stays causal), adds skips and runs a stage. Level K (the center)
+runs a stage with a residual around it. Each stage keeps its pairs' parameters stacked on a layer
+axis and runs them as one scan (models/stage.py), so compile time does not grow with n_layers.
 
 Recurrent mode replaces the reference's Python lists and `if x is None: break` by static
 structure: one fine step runs level 0, and level k+1 runs (inside one `lax.cond` per level) at the
-fine steps t with (t + 1) % prod(pool[:k+1]) == 0. DownPool keeps a ring buffer of its last
-`pool` inputs; UpPool keeps the `pool` outputs it will emit next (zeros at first, like the shift).
+fine steps t with (t + 1) % prod(pool[:k+1]) == 0.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sashimi_jax.models import layers
-from sashimi_jax.models.s4 import S4Block
+from sashimi_jax.models import level as level_lib
 
 
 class SaShiMiLM(nnx.Module):
@@ -83,38 +83,36 @@ class SaShiMiLM(nnx.Module):
     self.rate_frames = tuple(math.prod(pool[:k]) for k in range(len(pool) + 1))
     widths = [d_model * expand**k for k in range(len(pool) + 1)]
 
-    def pair_blocks(level: int) -> nnx.List:
-      width, level_l_max = widths[level], l_max // self.rate_frames[level]
-      blocks = []
-      for _ in range(n_layers):
-        s4 = S4Block(
-            width, l_max=level_l_max, layer=layer, d_state=d_state,
-            n_ssm=width if n_ssm is None else n_ssm,
-            final_act=final_act, dropout=dropout, init=init, disc=disc, dt_min=dt_min,
-            dt_max=dt_max, conv_impl=conv_impl, rngs=rngs,
-        )
-        blocks.append(layers.ResidualBlock(width, s4, dropout=dropout, rngs=rngs))
-        if ff > 0:
-          ffb = layers.FFBlock(width, expand=ff, dropout=dropout, rngs=rngs)
-          blocks.append(layers.ResidualBlock(width, ffb, dropout=dropout, rngs=rngs))
-      return nnx.List(blocks)
+    block_options = dict(layer=layer, d_state=d_state, final_act=final_act, init=init,
+                         disc=disc, dt_min=dt_min, dt_max=dt_max, conv_impl=conv_impl)
+
+    def stage_options(k):
+      width = widths[k]
+      return dict(n_layers=n_layers, ff=ff, dropout=dropout, l_max=l_max // self.rate_frames[k],
+                  n_ssm=width if n_ssm is None else n_ssm, **block_options)
 
     # torch nn.Embedding initialisation: N(0, 1).
     self.embedding = nnx.Embed(
         num_tokens, d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
     )
-    levels = range(len(pool))
-    self.down_layers = nnx.List([pair_blocks(k) if unet else nnx.List([]) for k in levels])
-    self.down_pools = nnx.List(
-        [layers.DownPool(widths[k], expand=expand, pool=pool[k], rngs=rngs) for k in levels]
-    )
-    self.center_layers = pair_blocks(len(pool))
-    self.up_pools = nnx.List(
-        [layers.UpPool(widths[k + 1], expand=expand, pool=pool[k], rngs=rngs) for k in levels]
-    )
-    self.up_layers = nnx.List([pair_blocks(k) for k in levels])
+    depth = len(pool)
+    inner = level_lib.Center(widths[depth], rate_tokens=self.rate_frames[depth], rngs=rngs,
+                             **stage_options(depth))
+    for k in reversed(range(depth)):
+      inner = level_lib.Level(widths[k], inner=inner, pool=pool[k], expand=expand,
+                              rate_tokens=self.rate_frames[k], unet=self.unet, rngs=rngs,
+                              **stage_options(k))
+    self.level = inner
     self.norm = layers.layer_norm(d_model, rngs=rngs)
     self.head = layers.torch_linear(d_model, output_dim, rngs=rngs)
+
+  def levels(self) -> list[Any]:
+    """The levels from the top (token rate) down to the `Center`."""
+    out, node = [], self.level
+    while node is not None:
+      out.append(node)
+      node = getattr(node, "inner", None)
+    return out
 
   # ----------------------------------------------------------------------------------------------
   # Convolution mode.
@@ -123,10 +121,13 @@ class SaShiMiLM(nnx.Module):
       self, tokens: jax.Array, *, deterministic: bool = True, rngs: Any = None
   ) -> jax.Array:
     """tokens (B, T) int -> outputs (B, T, output_dim) float32 (causal)."""
-    return self._forward(tokens, deterministic=deterministic, rngs=rngs, trace=None)
+    return self._forward(tokens, deterministic=deterministic, rngs=rngs)[0]
 
-  def _forward(self, tokens, *, deterministic, rngs, trace):
-    """tokens (B, T) -> outputs (B, T, D); pads T to a multiple of prod(pool) internally."""
+  def _forward(self, tokens, *, deterministic, rngs, capture=False):
+    """tokens (B, T) -> (outputs (B, T, D), captured prefill inputs or None).
+
+    Pads T to a multiple of prod(pool) internally.
+    """
     self._check_tokens(tokens)
     frames = tokens.shape[1]
     block = self.rate_frames[-1]
@@ -134,88 +135,32 @@ class SaShiMiLM(nnx.Module):
     if padded != frames:  # causal: right padding cannot change earlier outputs.
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - frames)))
     x = self.embedding(tokens).astype(jnp.float32)
-    y = self._level_forward(0, x, deterministic, rngs, trace)
-    return self.head(self.norm(y))[:, :frames]
-
-  def _run_blocks(self, blocks, x, deterministic, rngs, trace, skips=None):
-    """Runs residual blocks in order; with `skips`, adds skips.pop() after each (unet up path)."""
-    for block in blocks:
-      if trace is None:
-        x = block(x, deterministic=deterministic, rngs=rngs)
-      else:
-        x, z = block.call_with_layer_input(x, deterministic=deterministic, rngs=rngs)
-        trace.append(z)
-      if skips is not None:
-        x = x + skips.pop()
-    return x
-
-  def _level_forward(self, k, x, deterministic, rngs, trace):
-    """Level k on x (B, L_k, H_k) -> (B, L_k, H_k). `trace` (dict or None) collects inputs."""
-    level_trace = None if trace is None else trace.setdefault(k, {})
-    sub = lambda name: None if level_trace is None else level_trace.setdefault(name, [])
-    if k == len(self.pool):
-      return self._run_blocks(self.center_layers, x, deterministic, rngs, sub("center")) + x
-    skips = [x]
-    for block in self.down_layers[k]:
-      x = self._run_blocks([block], x, deterministic, rngs, sub("down"))
-      skips.append(x)
-    if level_trace is not None:
-      level_trace["down_pool"] = x
-    y = self._level_forward(k + 1, self.down_pools[k](x), deterministic, rngs, trace)
-    u = self.up_pools[k](y)
-    if level_trace is not None:
-      level_trace["up_pool"] = u
-    u = u + skips.pop()
-    if self.unet:
-      return self._run_blocks(self.up_layers[k], u, deterministic, rngs, sub("up"), skips)
-    return self._run_blocks(self.up_layers[k], u, deterministic, rngs, sub("up")) + u
+    y, captured = self.level(x, deterministic=deterministic, rngs=rngs, capture=capture)
+    return self.head(self.norm(y))[:, :frames], captured
 
   # ----------------------------------------------------------------------------------------------
   # Recurrent mode.
-
-  def _level_groups(self, k):
-    if k == len(self.pool):
-      return {"center": self.center_layers}
-    return {"down": self.down_layers[k], "up": self.up_layers[k]}
 
   def setup_recurrence(self) -> Any:
     """Recurrence constants of every S4 layer (discretised matrices), computed once.
 
     Returns:
-      A pytree mirroring the level structure: {"down": [...], "up": [...], "next": {...}} per
-      level and {"center": [...]} at the bottom (None for FF blocks).
+      A pytree mirroring the level structure: {"down" (unet only), "up", "next"} per level and
+      {"center"} at the bottom, each stage's constants stacked on its layer axis.
     """
-
-    def build(k):
-      rec = {name: [b.setup_recurrence() for b in blocks]
-             for name, blocks in self._level_groups(k).items()}
-      if k < len(self.pool):
-        rec["next"] = build(k + 1)
-      return rec
-
-    return build(0)
+    return self.level.setup_recurrence()
 
   def init_state(self, batch_size: int) -> Any:
     """Initial recurrent state for `batch_size` streams (fixed shapes).
 
     Returns:
       {"t": int32 scalar fine-step counter, "level": nested per-level states}; level k holds its
-      blocks' S4 states, its DownPool ring buffer (B, pool_k, H_k) and UpPool buffer
-      (B, pool_k, H_k).
+      stages' S4 states (stacked on the layer axis), its DownPool ring buffer (B, pool_k, H_k),
+      its UpPool buffer (B, pool_k, H_k) and the deeper level's state under "next".
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    def build(k):
-      state = {name: [b.init_state(batch_size) for b in blocks]
-               for name, blocks in self._level_groups(k).items()}
-      if k < len(self.pool):
-        state["down_pool"] = self.down_pools[k].init_state(batch_size)
-        state["up_pool"] = self.up_pools[k].init_state(batch_size)
-        state["next"] = build(k + 1)
-      return state
-
-    return {"t": jnp.zeros((), jnp.int32), "level": build(0)}
+    return {"t": jnp.zeros((), jnp.int32), "level": self.level.init_state(batch_size)}
 
   def step(self, rec: Any, state: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """One token per stream: tokens (B,) int -> (outputs (B, output_dim) float32, next state).
@@ -223,54 +168,8 @@ class SaShiMiLM(nnx.Module):
     Pure; meant to run inside `jax.lax.scan`. Output equals `__call__` at the same position.
     """
     x = self.embedding(tokens).astype(jnp.float32)
-    y, level_state = self._level_step(0, x, state["t"], rec, state["level"])
+    y, level_state = self.level.step(state["t"], rec, state["level"], x)
     return self.head(self.norm(y)), {"t": state["t"] + 1, "level": level_state}
-
-  def _step_blocks(self, blocks, recs, states, x, skips=None):
-    new_states = []
-    for block, rec, st in zip(blocks, recs, states):
-      x, st = block.step(rec, st, x)
-      new_states.append(st)
-      if skips is not None:
-        x = x + skips.pop()
-    return x, new_states
-
-  def _level_step(self, k, x, t, rec, state):
-    """Level k's work at fine step t (which the caller guarantees is one of level k's steps)."""
-    if k == len(self.pool):
-      y, center = self._step_blocks(self.center_layers, rec["center"], state["center"], x)
-      return y + x, {"center": center}
-    skips = [x]
-    down_states = []
-    for block, r, st in zip(self.down_layers[k], rec["down"], state["down"]):
-      x, st = block.step(r, st, x)
-      down_states.append(st)
-      skips.append(x)
-    down_pool, up_pool = self.down_pools[k], self.up_pools[k]
-    slot = (t // self.rate_frames[k]) % self.pool[k]  # position within this level's block
-    ring = down_pool.push(state["down_pool"], x, slot)
-    emitted = up_pool.emit(state["up_pool"], slot)
-
-    def run_deeper(operands):
-      ring, _, next_state = operands
-      y, next_state = self._level_step(k + 1, down_pool.project(ring), t, rec["next"], next_state)
-      return up_pool.refill(y), next_state
-
-    def skip_deeper(operands):
-      _, up_buffer, next_state = operands
-      return up_buffer, next_state
-
-    up_buffer, next_state = jax.lax.cond(
-        slot == self.pool[k] - 1, run_deeper, skip_deeper, (ring, state["up_pool"], state["next"])
-    )
-    u = emitted + skips.pop()
-    if self.unet:
-      y, up_states = self._step_blocks(self.up_layers[k], rec["up"], state["up"], u, skips)
-    else:
-      y, up_states = self._step_blocks(self.up_layers[k], rec["up"], state["up"], u)
-      y = y + u
-    return y, {"down": down_states, "up": up_states, "down_pool": ring, "up_pool": up_buffer,
-               "next": next_state}
 
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.
@@ -289,34 +188,12 @@ class SaShiMiLM(nnx.Module):
     # One extra coarsest block, so every UpPool's pending block exists in the padded sequence.
     block = self.rate_frames[-1]
     padded = (prompt_tokens // block + 1) * block
-    trace = {}
-    outputs = self._forward(
+    outputs, captured = self._forward(
         jnp.pad(tokens, ((0, 0), (0, padded - prompt_tokens))), deterministic=True, rngs=None,
-        trace=trace,
+        capture=True,
     )
-
-    def build(k):
-      steps = prompt_tokens // self.rate_frames[k]  # level-k steps already taken
-      state = {}
-      for name, blocks in self._level_groups(k).items():
-        state[name] = [
-            b.prefill_state(r, z[:, :steps]) if steps > 0 else b.init_state(batch)
-            for b, r, z in zip(blocks, rec_at[k][name], trace[k].get(name, []))
-        ]
-      if k < len(self.pool):
-        start = (steps // self.pool[k]) * self.pool[k]
-        stop = start + self.pool[k]
-        # Ring slots past `steps` hold padding inputs; they are overwritten before use.
-        state["down_pool"] = trace[k]["down_pool"][:, start:stop]
-        state["up_pool"] = trace[k]["up_pool"][:, start:stop]
-        state["next"] = build(k + 1)
-      return state
-
-    rec_at, node = [], rec
-    for _ in range(len(self.pool) + 1):
-      rec_at.append(node)
-      node = node.get("next")
-    state = {"t": jnp.asarray(prompt_tokens, jnp.int32), "level": build(0)}
+    level_state = self.level.prefill_state(rec, captured, prompt_tokens, batch)
+    state = {"t": jnp.asarray(prompt_tokens, jnp.int32), "level": level_state}
     return outputs[:, :prompt_tokens], state
 
   def _check_tokens(self, tokens):

@@ -1,0 +1,201 @@
+"""A stage: `n_layers` identical (S4, FF) residual pairs with stacked parameters, run as one scan.
+
+The pairs' parameters carry a leading layer axis (created with `nnx.vmap` over split rngs), and
+every mode (convolution, recurrent step, recurrence setup, prefill) runs them under one
+`jax.lax.scan` over that axis, so the compiled program holds one pair whatever the depth.
+
+U-Net skips: a down stage returns every residual block's output stacked on the layer axis
+(`outputs`); an up stage adds one skip after every residual block, taken from stacked `skips`
+(see `up_skips`, which orders them as the reference's `skips.pop()` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sashimi_jax.models import layers
+from sashimi_jax.models.s4 import S4Block
+
+# The attribute holding the stacked pairs: every parameter under it has a leading layer axis
+# (optim.py reads this name to tell a stacked vector from a matrix).
+STACK = "layer_stack"
+
+
+class LayerPair(nnx.Module):
+  """One (S4, FF) residual pair: x -> ResidualBlock(S4Block) -> ResidualBlock(FFBlock) (if ff).
+
+  `block_options` are passed to S4Block unchanged.
+  """
+
+  def __init__(self, width: int, *, ff: int, dropout: float, rngs: nnx.Rngs, **block_options):
+    s4 = S4Block(width, dropout=dropout, rngs=rngs, **block_options)
+    self.s4 = layers.ResidualBlock(width, s4, dropout=dropout, rngs=rngs)
+    ffb = layers.FFBlock(width, expand=ff, dropout=dropout, rngs=rngs) if ff > 0 else None
+    self.ff = nnx.data(None if ffb is None else
+                       layers.ResidualBlock(width, ffb, dropout=dropout, rngs=rngs))
+
+
+class PairOutputs(NamedTuple):
+  """Per-pair activations a stage can return, each stacked (n_layers, B, L, H) (or (n, B, H)).
+
+  s4_out / ff_out: the outputs of the S4 / FF residual blocks (U-Net skips; ff_out None if ff=0);
+  s4_in: the S4 layer's input LayerNorm(x) (what prefill needs to rebuild its state).
+  """
+  s4_out: Any = None
+  ff_out: Any = None
+  s4_in: Any = None
+
+
+class Stage(nnx.Module):
+  """`n_layers` (S4, FF) residual pairs of width `width` run as one scan, (B, L, H) -> (B, L, H).
+
+  Args:
+    width: channels H.
+    n_layers: number of pairs (the scanned axis).
+    ff: FF expansion (0: no FF blocks).
+    dropout: dropout rate of every block.
+    rngs: initialisation randomness (split over the layers).
+    **block_options: S4Block keyword arguments (l_max, layer, d_state, ...).
+  """
+
+  def __init__(self, width: int, *, n_layers: int, ff: int, dropout: float, rngs: nnx.Rngs,
+               **block_options):
+    if n_layers < 1:
+      raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    self.n_layers = n_layers
+    self.has_ff = ff > 0
+
+    @nnx.split_rngs(splits=n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return LayerPair(width, ff=ff, dropout=dropout, rngs=rngs, **block_options)
+
+    setattr(self, STACK, create(rngs))
+
+  # ----------------------------------------------------------------------------------------------
+  # Helpers over the stacked parameters.
+
+  def _split(self):
+    return nnx.split(getattr(self, STACK))
+
+  def pair(self, index: int) -> LayerPair:
+    """Pair `index` as a standalone module (its parameters sliced off the stack)."""
+    graphdef, params = self._split()
+    return nnx.merge(graphdef, jax.tree.map(lambda p: p[index], params))
+
+  def _map_pairs(self, fn, *stacked):
+    """jax.vmap of fn(pair, *args) over the layer axis of the parameters and of `stacked`."""
+    graphdef, params = self._split()
+    return jax.vmap(lambda p, *args: fn(nnx.merge(graphdef, p), *args))(params, *stacked)
+
+  def _dropout_keys(self, deterministic: bool, rngs: Any):
+    if deterministic or rngs is None:
+      return None
+    key = rngs if isinstance(rngs, jax.Array) else rngs.dropout()
+    return jax.random.split(key, self.n_layers)
+
+  # ----------------------------------------------------------------------------------------------
+  # Convolution mode.
+
+  def __call__(self, x: jax.Array, *, skips: Any = None, deterministic: bool = True,
+               rngs: Any = None, collect: tuple[str, ...] = ()) -> tuple[jax.Array, PairOutputs]:
+    """Runs the pairs in order on x (B, L, H).
+
+    Args:
+      x: (B, L, H) input.
+      skips: None, or (s4_skips, ff_skips) stacked (n_layers, B, L, H): added after each S4 / FF
+        residual block (ff_skips None when ff=0).
+      deterministic: no dropout if True.
+      rngs: dropout randomness (an nnx.Rngs with a `dropout` stream, or a key).
+      collect: names of PairOutputs fields to return stacked.
+
+    Returns:
+      (y (B, L, H), PairOutputs with the `collect` fields filled).
+    """
+    graphdef, params = self._split()
+    keys = self._dropout_keys(deterministic, rngs)
+
+    def body(x, xs):
+      p, key, skip = xs
+      pair = nnx.merge(graphdef, p)
+      block_rngs = None if key is None else nnx.Rngs(dropout=key)
+      outs = {}
+      x, z = pair.s4.call_with_layer_input(x, deterministic=deterministic, rngs=block_rngs)
+      if skip is not None:
+        x = x + skip[0]
+      outs["s4_in"], outs["s4_out"] = z, x
+      if pair.ff is not None:
+        x = pair.ff(x, deterministic=deterministic, rngs=block_rngs)
+        if skip is not None:
+          x = x + skip[1]
+        outs["ff_out"] = x
+      return x, {name: outs[name] for name in collect if name in outs}
+
+    y, outs = jax.lax.scan(body, x, (params, keys, skips))
+    return y, PairOutputs(**outs)
+
+  # ----------------------------------------------------------------------------------------------
+  # Recurrent mode.
+
+  def setup_recurrence(self) -> Any:
+    """The S4 layers' recurrence constants, stacked on the layer axis."""
+    return self._map_pairs(lambda pair: pair.s4.setup_recurrence())
+
+  def init_state(self, batch_size: int) -> Any:
+    """Zero S4 states for `batch_size` streams, stacked on the layer axis."""
+    return self._map_pairs(lambda pair: pair.s4.init_state(batch_size))
+
+  def prefill_state(self, rec: Any, s4_in: jax.Array) -> Any:
+    """States after the S4 layers consumed their stacked inputs s4_in (n_layers, B, L, H)."""
+    return self._map_pairs(lambda pair, r, z: pair.s4.prefill_state(r, z), rec, s4_in)
+
+  def step(self, rec: Any, state: Any, x: jax.Array, *, skips: Any = None,
+           collect: tuple[str, ...] = ()) -> tuple[jax.Array, Any, PairOutputs]:
+    """One step of every pair in order: x (B, H) -> (y (B, H), next state, PairOutputs).
+
+    `skips` and `collect` as in `__call__`, with (n_layers, B, H) arrays.
+    """
+    graphdef, params = self._split()
+
+    def body(x, xs):
+      p, r, st, skip = xs
+      pair = nnx.merge(graphdef, p)
+      outs = {}
+      x, st = pair.s4.step(r, st, x)
+      if skip is not None:
+        x = x + skip[0]
+      outs["s4_out"] = x
+      if pair.ff is not None:
+        x, _ = pair.ff.step(None, None, x)
+        if skip is not None:
+          x = x + skip[1]
+        outs["ff_out"] = x
+      return x, (st, {name: outs[name] for name in collect if name in outs})
+
+    y, (state, outs) = jax.lax.scan(body, x, (params, rec, state, skips))
+    return y, state, PairOutputs(**outs)
+
+
+def up_skips(stage_input: jax.Array, outputs: PairOutputs) -> tuple[jax.Array, Any]:
+  """The U-Net skips of the matching up stage, from a down stage's input and `outputs`.
+
+  The reference pushes the down stage's input and every residual block's output on a stack; the
+  up path pops the last one before its first block, then one after each block. With pairs
+  (a_i, b_i) = (s4_out, ff_out) of pair i < n, up pair j adds a_{n-1-j} after its S4 block and
+  b_{n-2-j} (the stage input for j = n-1) after its FF block; without FF blocks, up pair j adds
+  a_{n-2-j} (the stage input for j = n-1).
+
+  Returns:
+    (last, skips): `last` (B, ...) is added to the UpPool output before the up stage; `skips` is
+    the up stage's (s4_skips, ff_skips) argument.
+  """
+  first = stage_input[None]
+  if outputs.ff_out is None:
+    shifted = jnp.concatenate([first, outputs.s4_out[:-1]], axis=0)
+    return outputs.s4_out[-1], (shifted[::-1], None)
+  shifted = jnp.concatenate([first, outputs.ff_out[:-1]], axis=0)
+  return outputs.ff_out[-1], (outputs.s4_out[::-1], shifted[::-1])
