@@ -11,6 +11,8 @@ so K_f is computed directly (no kernel in time, no transform of it; for DPLR no
 irfft -> rfft round trip). Nodes are processed in chunks: memory O(H (N + chunk)) per chunk.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,36 +54,78 @@ def _chunked_nodes(values: np.ndarray, chunk: int, pad_value: complex):
   return jnp.asarray(padded.reshape(num_chunks, chunk), jnp.complex64)
 
 
+_SERIES_RADIUS = 0.5  # |z| below which geometric_sum uses series (no 0/0 in value or gradient).
+_BERNOULLI = (1.0, -1.0 / 2, 1.0 / 12, 0.0, -1.0 / 720, 0.0, 1.0 / 30240, 0.0, -1.0 / 1209600)
+
+
+def _horner(coeffs, z):
+  acc = jnp.zeros_like(z) + coeffs[-1]
+  for c in coeffs[-2::-1]:
+    acc = acc * z + c
+  return acc
+
+
+def _expm1_over(w):
+  """(e^w - 1) / w, by its series for |w| < 1 (accurate with its derivative everywhere)."""
+  small = jnp.abs(w) < 1.0
+  w_small = jnp.where(small, w, 0.0)
+  w_large = jnp.where(small, 1.0, w)
+  series = _horner([1.0 / math.factorial(j + 1) for j in range(14)], w_small)
+  return jnp.where(small, series, complex_pairs.expm1(w_large) / w_large)
+
+
+def geometric_sum(z, one_minus_x, x_pow_l, length: int):
+  """sum_{l < L} x^l = (1 - x^L) / (1 - x) for x = e^z, accurate with its gradient near x = 1.
+
+  Near x = 1 the quotient is 0/0 and its autodiff derivative cancels catastrophically, so for
+  |z| < 0.5 (z's imaginary part taken modulo 2 pi) it is L phi(L z) beta(z) with
+  phi(w) = (e^w - 1) / w and beta(z) = z / (e^z - 1) by their series.
+
+  Args:
+    z: complex log x (any branch); one_minus_x, x_pow_l: 1 - x and x^L, complex, same shape.
+  """
+  two_pi = 2.0 * np.pi
+  z = jax.lax.complex(jnp.real(z), jnp.imag(z) - two_pi * jnp.round(jnp.imag(z) / two_pi))
+  near = jnp.abs(z) < _SERIES_RADIUS
+  z_near = jnp.where(near, z, 0.0)
+  series = length * _expm1_over(length * z_near) * _horner(_BERNOULLI, z_near)
+  direct = (1.0 - x_pow_l) / jnp.where(near, 1.0, one_minus_x)
+  return jnp.where(near, series, direct)
+
+
 def s4d_spectrum(log_dt, log_A_real, A_imag, B, C, *, length: int, disc: str,
                  chunk: int = DEFAULT_CHUNK) -> jax.Array:
   """rfft at n = 2L of the S4D kernel's first L taps, from its closed form: (H, L + 1) complex64.
 
-  K_f[k] = sum_n c_n (1 - s_k a_n^L) / (1 - a_n omega_k) + conj(same with conj(c_n), conj(a_n)),
-  c = C B_bar, a = A_bar, s_k = (-1)^k. Denominators are written (1 - a) + a (1 - omega) with
-  1 - a = -expm1(log a) and 1 - omega exact in float64, so slow modes near omega = 1 keep
-  their relative accuracy.
+  K_f[k] = sum_n c_n g(a_n omega_k) + conj(c_n) g(conj(a_n) omega_k), c = C B_bar, a = A_bar,
+  g(x) = sum_{l<L} x^l = (1 - x^L) / (1 - x) with x^L = a^L (-1)^k (geometric_sum). 1 - x is
+  written (1 - a) + a (1 - omega) with 1 - a = -expm1(log a) and 1 - omega exact in float64,
+  so slow modes near omega = 1 keep their relative accuracy.
   """
   dt, A, B, C = s4d.continuous_params(log_dt, log_A_real, A_imag, B, C)
   log_a, a, b_bar = discretize.discretize_diag(dt, A, B, disc)
   coef = C * b_bar  # (H, N2)
-  coef_pow = coef * jnp.exp(length * log_a)  # c a^L
+  a_pow = jnp.exp(length * log_a)  # a^L
   one_minus_a = -complex_pairs.expm1(log_a)
-  a_c, one_minus_a_c = jnp.conj(a), jnp.conj(one_minus_a)
   k = np.arange(length + 1)
   theta = -np.pi * k / length
   one_minus_omega = 2.0 * np.sin(0.5 * theta) ** 2 - 1j * np.sin(theta)  # 1 - exp(i theta)
   sign = (-1.0) ** k
   chunk = min(chunk, length + 1)
-  nodes = (_chunked_nodes(one_minus_omega, chunk, 0.0), _chunked_nodes(sign, chunk, 0.0))
+  nodes = (_chunked_nodes(one_minus_omega, chunk, 0.0), _chunked_nodes(sign, chunk, 0.0),
+           _chunked_nodes(1j * theta, chunk, 0.0))
+
+  def one_side(coef, log_a, a, one_minus_a, a_pow, om, s, i_theta):
+    e = lambda v: v[..., None]
+    g = geometric_sum(e(log_a) + i_theta, e(one_minus_a) + e(a) * om, e(a_pow) * s, length)
+    return jnp.sum(e(coef) * g, axis=1)
 
   @jax.checkpoint
   def one_chunk(nodes):
-    om, s = nodes  # (chunk,)
-    e1 = 1.0 / (one_minus_a[..., None] + a[..., None] * om)  # (H, N2, chunk)
-    e2 = 1.0 / (one_minus_a_c[..., None] + a_c[..., None] * om)
-    plain = jnp.sum(coef[..., None] * e1 + jnp.conj(coef)[..., None] * e2, axis=1)
-    powered = jnp.sum(coef_pow[..., None] * e1 + jnp.conj(coef_pow)[..., None] * e2, axis=1)
-    return plain - s * powered  # (H, chunk)
+    om, s, i_theta = nodes  # (chunk,)
+    plain = one_side(coef, log_a, a, one_minus_a, a_pow, om, s, i_theta)
+    conj = one_side(*map(jnp.conj, (coef, log_a, a, one_minus_a, a_pow)), om, s, i_theta)
+    return plain + conj  # (H, chunk)
 
   k_f = jax.lax.map(one_chunk, nodes)  # (num_chunks, H, chunk)
   k_f = jnp.swapaxes(k_f, 0, 1).reshape(coef.shape[0], -1)
