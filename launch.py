@@ -1,4 +1,4 @@
-"""Trains SaShiMi: `python launch.py --config=configs/<preset>.py[:arg] --workdir=DIR`.
+r"""Trains SaShiMi: `python launch.py --config=configs/<preset>.py[:arg] --workdir=DIR`.
 
 Examples:
   python launch.py --config=configs/stereo_temporal.py:tiny --workdir=runs/demo
@@ -53,19 +53,36 @@ def main(argv):
   try:
     cache_dir = compilation_cache.enable(_COMPILATION_CACHE_DIR.value)
     if cache_dir:
-      logging.info("XLA compilation cache: %s", cache_dir)
+      logging.debug("XLA compilation cache: %s", cache_dir)
     reason = distributed.initialize_from_flags(flags.FLAGS, os.environ)
     if reason:
       logging.info("jax.distributed initialized (%s).", reason)
     from sashimi_jax import train  # pylint: disable=g-import-not-at-top
-    logging.info("JAX process %d/%d, %d devices.", jax.process_index(), jax.process_count(),
-                 jax.device_count())
+    # The run's start block lists the devices and processes; this line is for debugging hangs.
+    logging.debug("JAX process %d/%d, %d devices.", jax.process_index(), jax.process_count(),
+                  jax.device_count())
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:  # bad config or data: one line, no traceback.
     logging.debug("Traceback of the error below:", exc_info=True)  # shown with --verbosity=1.
     sys.exit(f"launch.py: error: {e}")
 
 
+def print_help(argv) -> None:
+  """Usage, this program's flags and the preset's config fields (with their comments)."""
+  from sashimi_jax import config_help  # pylint: disable=g-import-not-at-top
+  print(__doc__)
+  print(flags.FLAGS.module_help(sys.modules[__name__]))
+  print(flags.FLAGS.module_help(distributed))
+  print()
+  try:
+    print(config_help.describe(config_help.preset_argument(argv)))
+  except (FileNotFoundError, ValueError) as e:
+    print(f"(cannot list the config fields: {e})")
+
+
 if __name__ == "__main__":
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in sys.argv[1:]):
+    print_help(sys.argv)
+    sys.exit(0)
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=console.parse_flags)

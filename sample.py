@@ -10,6 +10,9 @@ flags), so samples are decoded with the quantizer and interleaving the model was
 
 Each batch is split over every device; on several hosts (same flags as launch.py: SLURM, TPU pod,
 or --coordinator_address/--num_processes/--process_id) each host generates and writes its share.
+Output: --output_rate (polyphase resampling), --format wav/flac, --subtype, --loudness_dbfs
+(see sashimi_jax/audio_output.py); samples.json also records tokens/s and the real-time factor
+with and without compilation.
 Rerunning the same command continues an interrupted job; other arguments into the same
 --output_dir are an error. Writes `sample_NNN.wav` (float32, training sample rate, (frames, 2) for
 stereo), optional `sample_NNN.png` spectrograms, `job.json`, `records/` and `samples.json` with
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from sashimi_jax import audio_output
 from sashimi_jax import compilation_cache
 from sashimi_jax import console
 from sashimi_jax import distributed
@@ -75,6 +79,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_integer("chunk_tokens", 4096, "Tokens per compiled segment (progress updates).",
                        flag_values=fv)
+  flags.DEFINE_integer("output_rate", None, "Sample rate of the written files in Hz, resampled "
+                       "(polyphase) from the model's rate (default: the model's rate).",
+                       flag_values=fv)
+  flags.DEFINE_enum("format", "wav", list(audio_output.FORMATS), "File format.", flag_values=fv)
+  flags.DEFINE_string("subtype", None, "soundfile subtype, e.g. PCM_16, PCM_24, FLOAT (default: "
+                      "FLOAT for wav, PCM_16 for flac).", flag_values=fv)
+  flags.DEFINE_float("loudness_dbfs", None, "Scale each clip to this RMS level in dBFS (all "
+                     "channels together, e.g. -20), less if a peak would clip; default: as "
+                     "generated.", flag_values=fv)
   flags.DEFINE_string("compilation_cache_dir", compilation_cache.DEFAULT_DIR,
                       "Persistent XLA compilation cache, so repeated sampling jobs skip "
                       "recompiling ('' = off).", flag_values=fv)
@@ -193,10 +206,12 @@ def run(fv: flags.FlagValues) -> int:
   clip_frames = int(round(fv.seconds * sample_rate))
   prompts, prompt_names, prompt_job = _prompt_tokens(fv, config, clip_frames)
   output_dir = fv.output_dir or os.path.join(fv.workdir, "samples")
+  options = audio_output.OutputOptions(output_rate_hz=fv.output_rate, file_format=fv.format,
+                                       subtype=fv.subtype, loudness_dbfs=fv.loudness_dbfs).validate()
   job = {"workdir": os.path.abspath(fv.workdir), "step": step, "num_samples": fv.num_samples,
-         "seconds": fv.seconds, "sample_rate": sample_rate, "seed": fv.seed,
-         "temperature": fv.temperature, "top_p": fv.top_p, "spectrograms": fv.spectrograms,
-         **prompt_job}
+         "clip_seconds": fv.seconds, "seed": fv.seed, "temperature": fv.temperature,
+         "top_p": fv.top_p, "spectrograms": fv.spectrograms, **prompt_job,
+         **audio_output.options_record(options, sample_rate)}
   is_main = jax.process_index() == 0
   new_tokens = clip_frames * (2 if config.dataset.is_stereo else 1) - (
       0 if prompts is None else prompts.shape[1])
@@ -210,11 +225,12 @@ def run(fv: flags.FlagValues) -> int:
         model, config, output_dir=output_dir, job=job, num_samples=fv.num_samples,
         batch_size=fv.batch_size, clip_frames=clip_frames, prompts=prompts,
         prompt_names=prompt_names, temperature=fv.temperature, top_p=fv.top_p, seed=fv.seed,
-        chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms, progress=progress)
+        chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms, progress=progress,
+        output_options=options)
   if is_main:
     best = result.records[0]
-    print(f"Wrote {result.generated} clips to {output_dir} ({result.skipped} already complete) "
-          f"at {result.tokens_per_second:.0f} tokens/s (incl. compilation); most likely: "
+    print(f"Wrote {result.generated} clips to {output_dir} ({result.skipped} already complete); "
+          f"{audio_output.format_speed(result.speed)}; most likely: "
           f"{best['file']} ({best['bits_per_token']:.3f} bits/token).")
   return 0
 

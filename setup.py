@@ -33,5 +33,7 @@ setuptools.setup(
         "tfds": ["tensorflow-datasets>=4.9", "array_record>=0.5"],
         "tpu": ["jax[tpu]"],
         "demo-render": ["music21>=9"],
+        # Viewing the logs: tensorboard --logdir WORKDIR/tensorboard
+        "tensorboard": ["tensorboard>=2.15"],
     },
 )

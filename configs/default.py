@@ -20,13 +20,13 @@ def base_config() -> ml_collections.ConfigDict:
   `configs/model/{sashimi,layer/s4}.yaml`: AdamW, lr 1e-3, wd 0, SSM lr 1e-3, dt in [1e-3, 1e-1].
   """
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # everything random: init, data order, dropout.
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.path = ""  # "" = the bundled demo music (sashimi_jax/demo_data).
   config.dataset.sample_rate = 16000  # Hz; files at other rates are resampled or rejected.
   config.dataset.sample_len = 16384  # frames per training clip (tokens = 2x for stereo).
-  config.dataset.is_stereo = False
+  config.dataset.is_stereo = False  # True: a (L, 2) clip becomes one 2L-token stream.
   config.dataset.interleaving_strategy = "temporal"  # temporal | blocking | blocking-N.
   config.dataset.bits = 8  # 8..16; vocabulary = 2**bits.
   config.dataset.quantization = "mu-law"  # mu-law | linear.
@@ -34,47 +34,47 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.resample = True  # False: files at another rate are an error.
   config.dataset.mono_to_stereo = "error"  # what a stereo config does with a mono file.
   config.dataset.valid_fraction = 0.06  # the reference's 88/6/6 split by file order.
-  config.dataset.test_fraction = 0.06
+  config.dataset.test_fraction = 0.06  # 0 = no test split; too few files: split by time.
   config.dataset.num_workers = 0  # grain worker processes (0 = in the training process).
 
   config.model = ml_collections.ConfigDict()
   config.model.layer = "s4"  # s4 (DPLR) | s4d (diagonal).
-  config.model.d_model = 64
+  config.model.d_model = 64  # channels of the first U-Net level (x expand per pooling).
   config.model.n_layers = 8  # residual blocks per U-Net stage.
   config.model.pool = (4, 4)  # a tuple, so --config.model.pool="(2,)" can override it.
-  config.model.expand = 2
-  config.model.ff = 2
+  config.model.expand = 2  # channel multiplier at each pooling step.
+  config.model.ff = 2  # feed-forward expansion after each S4 block (0 = none).
   config.model.unet = False
-  config.model.d_state = 64
+  config.model.d_state = 64  # SSM state size N.
   config.model.n_ssm = 1  # None = one SSM per channel.
-  config.model.dropout = 0.0
-  config.model.final_act = "glu"
-  config.model.init = "legs"
+  config.model.dropout = 0.0  # on S4 and FF outputs, during training only.
+  config.model.final_act = "glu"  # glu | id: output of each S4 block.
+  config.model.init = "legs"  # legs (s4) | diag-lin, diag-inv, diag-legs (s4d).
   config.model.disc = "bilinear"  # DPLR S4 (layer s4) discretises bilinearly; S4D: zoh.
-  config.model.dt_min = 1e-3
-  config.model.dt_max = 1e-1
+  config.model.dt_min = 1e-3  # range of the initial log-uniform SSM step size ...
+  config.model.dt_max = 1e-1  # ... dt.
   config.model.conv_impl = "auto"  # auto (per platform) | fft | fft_freq | chunked.
   config.model.output_head = "categorical"  # categorical | dml.
   config.model.n_mixtures = 10  # DML only.
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 200_000
+  config.train.num_steps = 200_000  # total train steps (a finished run does nothing when rerun).
   config.train.batch_size = 32  # global, over all devices and hosts.
-  config.train.learning_rate = 1e-3
+  config.train.learning_rate = 1e-3  # AdamW peak learning rate (non-SSM parameters).
   config.train.ssm_learning_rate = 1e-3  # dt, A, B, P: this lr and no weight decay.
-  config.train.weight_decay = 0.0
-  config.train.warmup_steps = 1000
+  config.train.weight_decay = 0.0  # AdamW weight decay (non-SSM parameters).
+  config.train.warmup_steps = 1000  # linear warm-up from 0 to the learning rates.
   config.train.schedule = "plateau"  # cosine | constant | plateau (after warmup).
   config.train.plateau_factor = 0.2  # plateau: lr *= factor when validation bits stall ...
   config.train.plateau_patience = 20  # ... for this many evaluations in a row.
   config.train.grad_clip_norm = 0.0  # global-norm clipping; 0 = off (the reference's default).
-  config.train.checkpoint_every_steps = 5000
-  config.train.eval_every_steps = 1000
-  config.train.log_every_steps = 100
-  config.train.eval_batches = 16
+  config.train.checkpoint_every_steps = 5000  # also at the last step and on SIGTERM.
+  config.train.eval_every_steps = 1000  # validation bits per token, also at the last step.
+  config.train.log_every_steps = 100  # console / TensorBoard / metrics.jsonl train lines.
+  config.train.eval_batches = 16  # validation batches per evaluation.
   config.train.keep_checkpoints = 3  # the last K, plus the best by validation bits.
-  config.train.max_consecutive_nonfinite = 20
-  config.train.shard_optimizer_state = False
+  config.train.max_consecutive_nonfinite = 20  # skipped non-finite steps in a row that stop a run.
+  config.train.shard_optimizer_state = False  # shard Adam moments over devices (saves memory).
   config.train.num_eval_samples = 0  # audio samples written to TensorBoard at each evaluation.
   return config
 

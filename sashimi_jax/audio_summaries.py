@@ -1,7 +1,6 @@
-"""Generated audio for people: WAV files, spectrogram pictures, and TensorBoard summaries.
-
-Rendering uses matplotlib's Agg backend (no display); WAVs are written with soundfile as float32
-`(frames, channels)` at the training sample rate.
+"""Generated audio for people: spectrogram pictures (dBFS, with a colour bar) and TensorBoard
+summaries. Rendering uses matplotlib's Agg backend (no display); audio files are written by
+`audio_output`.
 """
 
 from __future__ import annotations
@@ -16,22 +15,12 @@ import matplotlib
 matplotlib.use("Agg")  # Headless: must precede pyplot's import.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
-import soundfile as sf
 
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
 from sashimi_jax.data import pipeline
 
 _CHANNEL_NAMES = ("left", "right")
-
-
-def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
-  """Writes float audio (frames, channels) in [-1, 1] as a float32 WAV file."""
-  audio = np.asarray(audio, np.float32)
-  if audio.ndim == 1:
-    audio = audio[:, None]
-  if audio.ndim != 2 or audio.shape[1] not in (1, 2):
-    raise ValueError(f"audio must be (frames, 1 or 2), got shape {audio.shape}.")
-  sf.write(path, np.clip(audio, -1.0, 1.0), int(sample_rate), subtype="FLOAT")
+SPECTROGRAM_MIN_DB = -100.0  # colour scale of spectrogram pictures: [-100, 0] dBFS.
 
 
 def log_spectrogram(signal: np.ndarray, *, frame_frames: int = 512, hop_frames: int = 128):
@@ -43,7 +32,8 @@ def log_spectrogram(signal: np.ndarray, *, frame_frames: int = 512, hop_frames: 
     hop_frames: hop between windows in frames.
 
   Returns:
-    float32 (frame_frames // 2 + 1, windows) magnitudes in dB (floored at -100 dB).
+    float32 (frame_frames // 2 + 1, windows) magnitudes in dBFS: a full-scale sine (amplitude
+    1) reads 0 dB at its frequency; floored at -120 dB.
   """
   signal = np.asarray(signal, np.float64)
   frame_frames = min(frame_frames, max(16, 2**int(math.log2(max(len(signal), 16)))))
@@ -52,8 +42,10 @@ def log_spectrogram(signal: np.ndarray, *, frame_frames: int = 512, hop_frames: 
     signal = np.pad(signal, (0, frame_frames - len(signal)))
   windows = 1 + (len(signal) - frame_frames) // hop_frames
   index = np.arange(frame_frames)[None, :] + hop_frames * np.arange(windows)[:, None]
-  spectrum = np.fft.rfft(signal[index] * np.hanning(frame_frames)[None, :], axis=-1)
-  return (20 * np.log10(np.maximum(np.abs(spectrum), 1e-5))).T.astype(np.float32)
+  window = np.hanning(frame_frames)
+  spectrum = np.fft.rfft(signal[index] * window[None, :], axis=-1)
+  amplitude = 2.0 * np.abs(spectrum) / window.sum()  # a sine of amplitude a peaks at a.
+  return (20 * np.log10(np.maximum(amplitude, 1e-6))).T.astype(np.float32)
 
 
 def spectrogram_figure(audio: np.ndarray, sample_rate: int, *, title: str = ""):
@@ -66,8 +58,10 @@ def spectrogram_figure(audio: np.ndarray, sample_rate: int, *, title: str = ""):
   seconds = audio.shape[0] / sample_rate
   for c in range(channels):
     ax = axes[c, 0]
-    ax.imshow(log_spectrogram(audio[:, c]), origin="lower", aspect="auto", cmap="magma",
-              vmin=-60, vmax=40, extent=(0.0, seconds, 0.0, sample_rate / 2000.0))
+    image = ax.imshow(log_spectrogram(audio[:, c]), origin="lower", aspect="auto", cmap="magma",
+                      vmin=SPECTROGRAM_MIN_DB, vmax=0.0,
+                      extent=(0.0, seconds, 0.0, sample_rate / 2000.0))
+    fig.colorbar(image, ax=ax, label="dBFS", pad=0.02)
     ax.set_ylabel("kHz")
     label = _CHANNEL_NAMES[c] if channels == 2 else "mono"
     ax.set_title(f"{title} ({label})" if title else label, fontsize=9)

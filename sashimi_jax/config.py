@@ -136,8 +136,7 @@ def find_problems(config, *, num_devices: int | None = None,
   mono_to_stereo = _get(config, f"{d}.mono_to_stereo", problems)
   if mono_to_stereo is not None and not isinstance(mono_to_stereo, str):
     problems.append(f"{d}.mono_to_stereo={mono_to_stereo!r} must be a string such as 'error'.")
-  valid = _check_float(config, f"{d}.valid_fraction", problems, minimum=0.0, maximum=1.0,
-                       strict_min=True)
+  valid = _check_float(config, f"{d}.valid_fraction", problems, minimum=0.0, maximum=1.0)
   test = _check_float(config, f"{d}.test_fraction", problems, minimum=0.0, maximum=1.0)
   if valid is not None and test is not None and valid + test >= 1.0:
     problems.append(f"{d}.valid_fraction + {d}.test_fraction = {valid + test} leaves no training "
@@ -214,7 +213,11 @@ def find_problems(config, *, num_devices: int | None = None,
   warmup = _check_int(config, f"{t}.warmup_steps", problems, minimum=0)
   if warmup is not None and num_steps is not None and warmup > num_steps:
     problems.append(f"{t}.warmup_steps={warmup} exceeds {t}.num_steps={num_steps}.")
-  _check_choice(config, f"{t}.schedule", SCHEDULES, problems)
+  schedule = _check_choice(config, f"{t}.schedule", SCHEDULES, problems)
+  if schedule == "plateau" and valid == 0.0:
+    problems.append(f"{t}.schedule='plateau' needs a validation split (it lowers the learning "
+                    f"rate when validation bits stall), but {d}.valid_fraction=0; use another "
+                    "schedule or a positive valid_fraction.")
   _check_float(config, f"{t}.plateau_factor", problems, minimum=0.0, maximum=1.0, strict_min=True)
   _check_int(config, f"{t}.plateau_patience", problems, minimum=0)
   _check_float(config, f"{t}.grad_clip_norm", problems, minimum=0.0)

@@ -154,9 +154,11 @@ class Progress:
       eta = f" ETA {int(seconds_left // 60)}m{int(seconds_left % 60):02d}s"
     parts = [f"step {step}/{self._total_steps}"]
     for name in ("train/bits_per_token", "eval/bits_per_token", "eval/bits_per_token_left",
-                 "eval/bits_per_token_right", "train/tokens_per_second"):
+                 "eval/bits_per_token_right", "train/learning_rate", "train/tokens_per_second"):
       if name in scalars:
         short = name.replace("bits_per_token", "bits").replace("tokens_per_second", "tokens/s")
-        fmt = "{:.0f}" if "per_second" in name else "{:.4f}"
+        short = short.replace("train/learning_rate", "lr")
+        fmt = ("{:.0f}" if "per_second" in name else "{:.3g}" if "learning_rate" in name
+               else "{:.4f}")
         parts.append(f"{short} {fmt.format(scalars[name])}")
     print(" | ".join(parts) + eta, file=self._stream, flush=True)

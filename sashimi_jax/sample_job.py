@@ -7,7 +7,8 @@ point and be continued.
 
 Output folder:
   job.json                  the job's arguments; a rerun with other arguments is an error.
-  sample_NNN.wav (+ .png)   clip NNN (float32 WAV at the training rate).
+  sample_NNN.wav (+ .png)   clip NNN (float32 WAV at the training rate, or as `output_options`
+                            say: rate, wav/flac, subtype, loudness; see audio_output).
   records/sample_NNN.json   clip NNN's record, written LAST: a clip is complete iff it exists.
   samples.json              every record, most likely first (written when the job completes).
 Every file is written under a temporary name (`.tmp-*`) and renamed, so a killed job never
@@ -33,6 +34,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from sashimi_jax import audio_output
 from sashimi_jax import audio_summaries
 from sashimi_jax import sampling
 from sashimi_jax import sharding
@@ -235,12 +237,15 @@ def completed_mask(output_dir: str, num_samples: int) -> np.ndarray:
 
 
 def write_clip(output_dir: str, index: int, clip: np.ndarray, record: dict, *, sample_rate: int,
-               spectrogram: bool) -> None:
-  """Writes clip `index`'s WAV (+ PNG), then its record; each atomically."""
+               spectrogram: bool, options: Optional[audio_output.OutputOptions] = None) -> None:
+  """Writes clip `index`'s audio file (+ PNG), then its record; each atomically."""
   name = clip_name(index)
-  atomic_write(os.path.join(output_dir, name + ".wav"),
-               lambda p: audio_summaries.write_wav(p, clip, sample_rate))
-  record = {"file": name + ".wav", **record}
+  options = options or audio_output.OutputOptions()
+  file_name = f"{name}.{options.file_format}"
+  written = {}
+  atomic_write(os.path.join(output_dir, file_name),
+               lambda p: written.update(audio_output.write_audio(p, clip, sample_rate, options)))
+  record = {"file": file_name, **written, **record}
   if spectrogram:
     atomic_write(os.path.join(output_dir, name + ".png"),
                  lambda p: audio_summaries.spectrogram_png(clip, sample_rate, p, title=name))
@@ -254,7 +259,7 @@ def merge_records(output_dir: str, num_samples: int, metadata: dict) -> list[dic
   for i in range(num_samples):
     with open(record_path(output_dir, i), encoding="utf-8") as f:
       records.append(json.load(f))
-  records.sort(key=lambda r: (-r["log_likelihood"], r["index"]))
+  records.sort(key=lambda r: (-r["log_likelihood_nats"], r["index"]))
   atomic_write_json(os.path.join(output_dir, SAMPLES_FILE), {**metadata, "samples": records})
   return records
 
@@ -271,6 +276,7 @@ class JobResult:
   seconds: float        # wall time of the generation, compilation included
   tokens_per_second: float
   records: list         # samples.json's records (process 0; [] elsewhere)
+  speed: dict = dataclasses.field(default_factory=dict)  # audio_output.speed_report
 
 
 def _sync(name: str) -> None:
@@ -307,7 +313,8 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
             prompt_names: Sequence[str] = (), temperature: float = 1.0, top_p: float = 1.0,
             seed: int = 0, chunk_tokens: int = 4096, spectrograms: bool = False,
             metadata: Optional[dict] = None, mesh=None,
-            progress: Optional[Callable[[int], Any]] = None) -> JobResult:
+            progress: Optional[Callable[[int], Any]] = None,
+            output_options: Optional[audio_output.OutputOptions] = None) -> JobResult:
   """Generates the clips of `output_dir`'s job that are not complete yet.
 
   Args:
@@ -326,6 +333,8 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
     metadata: extra samples.json fields.
     mesh: the data mesh (default: every device of every process).
     progress: called with the number of tokens generated so far (process 0).
+    output_options: how clips are written (rate, format, subtype, loudness; default float WAV
+      at the training rate).
 
   Raises:
     ValueError: if `output_dir` holds another job's files.
@@ -359,41 +368,43 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
                  "n_mixtures": int(config.model.n_mixtures) if head == "dml" else 0}
   key = jax.random.key(seed)
   written = 0
-  start = time.perf_counter()
-  for first in range(0, pending.size, batch):
-    indices = pending[first:first + batch]
-    real = indices.size
-    indices = np.concatenate([indices, np.full(batch - real, indices[-1], np.int32)])
-    row_prompts = None if prompts is None else prompts[indices % prompts.shape[0]]
+  options = (output_options or audio_output.OutputOptions()).validate()
+  with audio_output.CompileTimer() as compile_timer:  # to report speed without compilation.
+    start = time.perf_counter()
+    for first in range(0, pending.size, batch):
+      indices = pending[first:first + batch]
+      real = indices.size
+      indices = np.concatenate([indices, np.full(batch - real, indices[-1], np.int32)])
+      row_prompts = None if prompts is None else prompts[indices % prompts.shape[0]]
 
-    def chunk_done(tokens_done, real=real, first=first):
-      if progress is not None:
-        progress(first * new_tokens + tokens_done * real)
+      def chunk_done(tokens_done, real=real, first=first):
+        if progress is not None:
+          progress(first * new_tokens + tokens_done * real)
 
-    out = sampling.generate(
-        model, key, batch_size=batch, num_tokens=new_tokens, prompt=row_prompts,
-        temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
-        chunk_tokens=chunk_tokens, progress=chunk_done, **head_kwargs)
-    tokens = _local_rows(out["tokens"])
-    loglik = _local_rows(out["log_likelihood"])
-    entropy = _local_rows(out["mean_entropy"])
-    for row in sorted(tokens):
-      if row >= real:
-        continue  # padding of the last batch.
-      written += 1
-      index = int(indices[row])
-      clip = np.asarray(pipeline.decode_tokens(tokens[row], config.dataset), np.float32)
-      record = {
-          "index": index,
-          "log_likelihood": float(loglik[row]),
-          "bits_per_token": float(-loglik[row] / (new_tokens * math.log(2.0))),
-          "mean_entropy": float(entropy[row]),
-      }
-      if prompts is not None:
-        record["prompt"] = prompt_names[index % prompts.shape[0]] if prompt_names else None
-      write_clip(output_dir, index, clip, record, sample_rate=sample_rate,
-                 spectrogram=spectrograms)
-  seconds = time.perf_counter() - start
+      out = sampling.generate(
+          model, key, batch_size=batch, num_tokens=new_tokens, prompt=row_prompts,
+          temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
+          chunk_tokens=chunk_tokens, progress=chunk_done, **head_kwargs)
+      tokens = _local_rows(out["tokens"])
+      loglik = _local_rows(out["log_likelihood"])
+      entropy = _local_rows(out["mean_entropy"])
+      for row in sorted(tokens):
+        if row >= real:
+          continue  # padding of the last batch.
+        written += 1
+        index = int(indices[row])
+        clip = np.asarray(pipeline.decode_tokens(tokens[row], config.dataset), np.float32)
+        record = {"index": index,
+                  **audio_output.record_units(loglik[row], entropy[row], new_tokens)}
+        if prompts is not None:
+          record["prompt"] = prompt_names[index % prompts.shape[0]] if prompt_names else None
+        write_clip(output_dir, index, clip, record, sample_rate=sample_rate,
+                   spectrogram=spectrograms, options=options)
+    seconds = time.perf_counter() - start
+  speed = audio_output.speed_report(
+      generated_tokens=int(pending.size) * new_tokens,
+      generated_frames=int(pending.size) * new_tokens // channels, model_rate_hz=sample_rate,
+      wall_seconds=seconds, compile_seconds=compile_timer.seconds) if pending.size else {}
   logging.info("Process %d wrote %d clips.", jax.process_index(), written)
   _sync("sample_job_written")
   records = []
@@ -402,11 +413,10 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
     if missing.size:
       raise ValueError(f"{missing.size} clips have no record after generation (e.g. "
                        f"{clip_name(int(missing[0]))}); is --output_dir shared by every host?")
-    tokens_per_second = pending.size * new_tokens / max(seconds, 1e-9)
     records = merge_records(output_dir, num_samples, {
-        **job, **(metadata or {}), "prompt_tokens": prompt_len,
-        "tokens_per_second_incl_compile": tokens_per_second if pending.size else None})
+        **job, **(metadata or {}), **audio_output.options_record(options, sample_rate),
+        "prompt_tokens": prompt_len, **speed})
   _sync("sample_job_merged")
   return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()), seconds=seconds,
                    tokens_per_second=pending.size * new_tokens / max(seconds, 1e-9),
-                   records=records)
+                   records=records, speed=speed)

@@ -18,7 +18,9 @@ so a resumed run reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -40,6 +42,7 @@ from sashimi_jax import config as config_lib
 from sashimi_jax import heads
 from sashimi_jax import metrics as metrics_lib
 from sashimi_jax import optim
+from sashimi_jax import run_report
 from sashimi_jax import sharding as sharding_lib
 from sashimi_jax import state as state_lib
 
@@ -298,17 +301,59 @@ def _check_nonfinite(config, step_metrics: dict, step: int) -> None:
         "train.grad_clip_norm.")
 
 
+@contextlib.contextmanager
+def _no_empty_folders_on_failure(workdir: str):
+  """On an exception, removes the workdir and checkpoints/ folders if this run made them empty."""
+  made = []  # the folders up to checkpoints/ that do not exist yet, outermost first.
+  folder = checkpoint_lib.checkpoint_dir(workdir)
+  while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+    made.insert(0, folder)
+    folder = os.path.dirname(folder)
+  try:
+    yield
+  except BaseException:
+    for folder in reversed(made):
+      with contextlib.suppress(OSError):  # not empty (or not ours to remove): keep it.
+        os.rmdir(folder)
+    raise
+
+
+def _compile_train_step(train_step, state, mesh, batch_shape, *, verbose: bool):
+  """Compiles the train step ahead of time, printing "compiling ... done in N s"."""
+  start = time.monotonic()
+  if verbose:
+    print(f"compiling the train step (batch {batch_shape[0]} x {batch_shape[1]} tokens) ...",
+          end="", flush=True)
+  batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=sharding_lib.batch_sharding(mesh))
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+  compiled = train_step.lower(abstract, {"x": batch, "y": batch}).compile()
+  if verbose:
+    print(f" done in {time.monotonic() - start:.1f} s", flush=True)
+  return compiled
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates, checkpoints.
 
+  Prints (process 0) a start block (parameters per part, devices and mesh, the data per split,
+  the resolved config, also written to WORKDIR/config.json), the compile time, each checkpoint
+  and, on resume, the config fields that changed. A run already at train.num_steps prints one
+  line and writes nothing. A start that fails leaves no empty folders behind.
+
   Args:
     config: a validated-or-not ConfigDict (validated here before anything is built).
-    workdir: output directory: checkpoints/, tensorboard/, metrics.jsonl.
+    workdir: output directory: checkpoints/, tensorboard/, metrics.jsonl, config.json.
 
   Returns:
-    The last logged train and eval metrics {name: value}.
+    The last logged train and eval metrics {name: value} ({} when there was nothing to do).
   """
   config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  with _no_empty_folders_on_failure(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   is_main = jax.process_index() == 0
@@ -318,15 +363,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   newest, saved_config = ckpt.newest_readable_config()
+  changes = []
   if newest is not None:  # fail fast, before building anything.
     checkpoint_lib.check_compatible(saved_config, config, workdir=workdir, step=newest)
+    changes = run_report.config_changes(saved_config, config)
 
   # Data first: a missing folder or an empty split is reported before anything compiles.
+  sources = pipeline.split_sources(config.dataset)
   train_iter = pipeline.create_train_iterator(
-      config.dataset, global_batch_size=int(config.train.batch_size), seed=int(config.seed))
-  eval_source = pipeline.create_eval_batches(
-      config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
-      max_batches=int(config.train.eval_batches))
+      config.dataset, global_batch_size=int(config.train.batch_size), seed=int(config.seed),
+      clips=sources["train"])
+  eval_source = None
+  if len(sources["valid"]):
+    eval_source = pipeline.create_eval_batches(
+        config.dataset, split="valid", global_batch_size=int(config.train.batch_size),
+        max_batches=int(config.train.eval_batches), clips=sources["valid"])
+  elif is_main:
+    logging.warning("dataset.valid_fraction=0: no validation split, so no evaluation and no "
+                    "'best' checkpoint.")
   graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
   latest = None
@@ -336,10 +390,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     del state  # free the fresh initialisation before restoring.
     # The newest step that restores fully; damaged newer ones are logged and set aside.
     latest, state = ckpt.restore_latest(abstract, train_iter, config=config, workdir=workdir)
-    logging.info("Resumed from %s step %d.", ckpt.directory, latest)
+  if latest is not None and latest >= num_steps:
+    # Touches nothing: no TensorBoard file, no metrics line, no checkpoint, no config.json.
+    ckpt.close()
+    if is_main:
+      print(f"nothing to do: already at step {latest} (train.num_steps={num_steps}) in "
+            f"{ckpt.directory}.", flush=True)
+    return {}
+  config_path = run_report.write_config_json(config, workdir) if is_main else None
+  resumed = None
+  if latest is not None:
+    resumed = f"Resumed from {ckpt.directory} step {latest}; " + (
+        "config changes since that checkpoint:\n  " + "\n  ".join(changes) if changes
+        else "config unchanged.")
+  if is_main:
+    print(run_report.start_block(config, params=state["params"], mesh=mesh, sources=sources,
+                                 workdir=workdir, config_path=config_path, resumed=resumed),
+          flush=True)
   start_step = int(jax.device_get(state["step"]))
 
   train_step = jit_train_step(config, graphdef, tx, mesh, shardings)
+  train_step = _compile_train_step(
+      train_step, state, mesh,
+      (int(config.train.batch_size), config_lib.token_stream_length(config.dataset)),
+      verbose=is_main)
   eval_step = jax.jit(make_eval_step(config, graphdef, mesh),
                       in_shardings=(shardings["params"], sharding_lib.batch_sharding(mesh)),
                       out_shardings=sharding_lib.replicated(mesh))
@@ -394,7 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           pending, interval_steps, interval_start = [], 0, time.monotonic()
 
         eval_bits = None
-        if step % int(config.train.eval_every_steps) == 0 or is_last:
+        if eval_source is not None and (step % int(config.train.eval_every_steps) == 0
+                                        or is_last):
           if eval_batches is None:
             eval_batches = list(eval_source)
           eval_scalars = evaluate(eval_step, state["params"], eval_batches, mesh,
@@ -415,6 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             or preempted):
           _check_nonfinite(config, jax.device_get(step_metrics), step)
           ckpt.save(step, state, train_iter, config, eval_bits_per_token=eval_bits)
+          logging.info("Saved checkpoint step %d to %s.", step, ckpt.directory)
           last_saved = step
           interval_start = time.monotonic()
         if preempted:
@@ -427,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_nonfinite(config, jax.device_get(previous_metrics), step)
     if step >= num_steps and last_saved != step:
       ckpt.save(step, state, train_iter, config)
+      logging.info("Saved checkpoint step %d to %s.", step, ckpt.directory)
   except KeyboardInterrupt:  # a second Ctrl-C: stop now, in one line.
     saved = f"step {last_saved}" if last_saved is not None else "none"
     raise SystemExit(f"Stopped at once by a second Ctrl-C at step {step}; last complete "

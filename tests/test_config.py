@@ -129,7 +129,7 @@ def test_batch_not_divisible_by_devices():
     ("model.init", "legs", "model.init='legs' does not fit layer='s4d'"),
     ("model.final_act", "relu", "model.final_act='relu' is unknown"),
     ("model.dt_min", 0.5, "model.dt_min=0.5 must be <= model.dt_max=0.1"),
-    ("dataset.valid_fraction", 0.0, "dataset.valid_fraction=0.0 must be > 0"),
+    ("dataset.valid_fraction", -0.1, "dataset.valid_fraction=-0.1 must be >= 0.0"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan must be a finite number"),
     ("train.warmup_steps", 10_000, "train.warmup_steps=10000 exceeds train.num_steps=500"),
     ("model.n_ssm", 0, "model.n_ssm=0 must be a positive integer"),
@@ -170,3 +170,13 @@ def test_missing_field_is_named():
   config = get_config("mono", "tiny")
   del config.train["eval_batches"]
   assert "train.eval_batches is missing" in _one_problem(config)
+
+
+def test_zero_valid_and_test_fractions_are_accepted_except_with_the_plateau_schedule():
+  as_dict = get_config("stereo_temporal", "tiny").to_dict()
+  as_dict["dataset"]["valid_fraction"] = 0.0
+  as_dict["dataset"]["test_fraction"] = 0.0
+  assert problems_of(ml_collections.ConfigDict(as_dict)) == []
+  as_dict["train"]["schedule"] = "plateau"
+  message = _one_problem(ml_collections.ConfigDict(as_dict))
+  assert "train.schedule='plateau' needs a validation split" in message, message

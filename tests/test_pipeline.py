@@ -299,10 +299,11 @@ def test_missing_and_unusable_sources(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     pipeline.create_train_iterator(af.dataset_config(tmp_path / "nope"), global_batch_size=2,
                                    seed=0)
-  with pytest.raises(ValueError, match="No usable audio in .*found 0 candidate"):
+  with pytest.raises(ValueError, match="No audio in .*no file with an audio extension") as empty:
     pipeline.create_train_iterator(af.dataset_config(tmp_path), global_batch_size=2, seed=0)
+  assert "warnings" not in str(empty.value)  # nothing was warned about.
   (tmp_path / "bad.wav").write_text("nope")
-  with pytest.raises(ValueError, match="No usable audio in .*found 1 candidate"):
+  with pytest.raises(ValueError, match="No usable audio in .*1 candidate.*see the warnings above"):
     pipeline.create_eval_batches(af.dataset_config(tmp_path), split="valid", global_batch_size=2)
 
 
@@ -330,3 +331,42 @@ def test_config_mismatches_are_errors(tmp_path):
   with pytest.raises(ValueError, match="Unknown interleaving strategy 'blocking-0'"):
     pipeline.build_clip_source(af.dataset_config(tmp_path, interleaving_strategy="blocking-0"),
                                "train")
+
+
+def test_one_file_is_split_by_time_without_overlap(tmp_path):
+  af.write_index_wav(tmp_path / "only.wav", 10_000, file_id=3)
+  cfg = af.dataset_config(tmp_path / "only.wav", valid_fraction=0.1, test_fraction=0.2,
+                          normalize=False)
+  sources = pipeline.split_sources(cfg)
+  assert sources["by_time"]
+  frames = {}
+  for split in pipeline.SPLITS:
+    (info,) = sources[split].infos
+    frames[split] = (info.offset_frames, info.offset_frames + info.frames)
+    clips = sources[split]
+    first = af.decode_index(clips[0][0, 0])
+    last = af.decode_index(clips[len(clips) - 1][-1, 0])
+    assert first == (3, info.offset_frames), split  # clips start where the stretch starts,
+    assert last[1] < info.offset_frames + info.frames, split  # and never cross its end.
+  assert frames == {"train": (0, 7000), "valid": (7000, 8000), "test": (8000, 10_000)}
+  assert "[0.00-0.88 s]" in sources["train"].infos[0].name
+  # Two files and three splits: by time as well; with test_fraction=0, two files split by file.
+  af.write_index_wav(tmp_path / "more" / "a.wav", 4000, file_id=1)
+  af.write_index_wav(tmp_path / "more" / "b.wav", 4000, file_id=2)
+  assert pipeline.split_sources(af.dataset_config(tmp_path / "more"))["by_time"]
+  by_file = pipeline.split_sources(af.dataset_config(tmp_path / "more", test_fraction=0.0))
+  assert not by_file["by_time"] and len(by_file["test"]) == 0
+  assert [i.offset_frames for i in by_file["valid"].infos] == [0]
+
+
+def test_a_split_by_time_keeps_resampling_inside_its_stretch(tmp_path):
+  af.write_index_wav(tmp_path / "fast.wav", 20_000, sample_rate=16000, file_id=5)
+  cfg = af.dataset_config(tmp_path / "fast.wav", valid_fraction=0.25, test_fraction=0.0,
+                          normalize=False)
+  sources = pipeline.split_sources(cfg)
+  valid = sources["valid"]
+  (info,) = valid.infos
+  assert (info.offset_frames, info.frames) == (15_000, 5000)
+  clip = valid[0][:, 0]
+  # The first valid clip resamples frames from 15000 on (16 kHz -> 8 kHz: every other frame).
+  assert af.decode_index(clip[10])[1] == pytest.approx(15_000 + 20, abs=1)

@@ -91,7 +91,7 @@ def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
     assert np.all(np.abs(audio[:, 1]) < 0.01), "right channel should be silent"
     assert (tmp_path / record["spectrogram"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   saved = json.loads((tmp_path / "samples.json").read_text())
-  likelihoods = [r["log_likelihood"] for r in saved["samples"]]
+  likelihoods = [r["log_likelihood_nats"] for r in saved["samples"]]
   assert likelihoods == sorted(likelihoods, reverse=True)
   assert sorted(r["file"] for r in saved["samples"]) == [f"sample_{i:03d}.wav" for i in range(3)]
   assert saved["s"] == strategy

@@ -51,9 +51,11 @@ class AudioInfo:
   Attributes:
     key: how the reader finds the item again (a path, or an index into a sequence).
     name: how messages name it (the path, or `item <index>`).
-    frames: frames at the item's own sample rate.
+    frames: frames at the item's own sample rate (of the stretch used, see offset_frames).
     sample_rate: Hz.
     channels: channels in the item.
+    offset_frames: where the stretch used starts in the item, at its own rate (0 = the whole
+      item; a split by time uses parts of an item).
   """
 
   key: Any
@@ -61,6 +63,7 @@ class AudioInfo:
   frames: int
   sample_rate: int
   channels: int
+  offset_frames: int = 0
 
 
 def natural_sort_key(text: str) -> list:
@@ -317,14 +320,14 @@ def read_resampled(reader, info: AudioInfo, start_frame: int, num_frames: int,
   """
   if info.sample_rate == target_rate:
     available = max(0, min(num_frames, info.frames - start_frame))
-    data = reader.read(info.key, start_frame, available)
+    data = reader.read(info.key, info.offset_frames + start_frame, available)
   else:
     up, down = _ratio(info.sample_rate, target_rate)
     # Start on a multiple of `down` source frames so the output grid lines up with frame `start`.
     first_source = max(0, (start_frame * down) // up - _RESAMPLE_MARGIN_FRAMES)
     first_source -= first_source % down
     end_source = min(info.frames, -(-(start_frame + num_frames) * down // up) + _RESAMPLE_MARGIN_FRAMES)
-    source = reader.read(info.key, first_source, end_source - first_source)
+    source = reader.read(info.key, info.offset_frames + first_source, end_source - first_source)
     offset = start_frame - first_source // down * up
     data = resample_audio(source, info.sample_rate, target_rate)[offset:offset + num_frames]
   if data.shape[0] < num_frames:

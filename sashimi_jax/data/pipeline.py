@@ -11,7 +11,10 @@ exactly, with or without worker processes.
 
 Splits (by item, the reference's order): sorted items (natural order, as the reference's natsort)
 are cut into train | valid | test with `round(n * fraction)` items for valid and test; a split
-whose fraction is > 0 gets at least one item, and training keeps at least one.
+whose fraction is > 0 gets at least one item, and training keeps at least one. With fewer items
+than the non-empty splits need (one or two files), every item is cut by time instead: its first
+`1 - valid_fraction - test_fraction` of frames train, the next `valid_fraction` validate, the last
+`test_fraction` test (`split_by_time`).
 """
 
 from __future__ import annotations
@@ -205,23 +208,8 @@ def split_items(items: Sequence[Any], split: str, *, valid_fraction: float,
   return list(items[lo:hi])
 
 
-def build_clip_source(dataset_cfg, split: str, *, source: Any = None) -> audio.AudioClipSource:
-  """Finds, probes, validates and splits the data; indexes the clips of one split.
-
-  Args:
-    dataset_cfg: `config.dataset` or `DataSettings`. `path` "" means the bundled demo data.
-    split: `train`, `valid`/`validation` or `test`.
-    source: optional override of `dataset.path`: a folder, a file, a list of files, or a
-      random-access sequence of audio arrays (e.g. a TFDS `data_source`).
-
-  Returns:
-    The `AudioClipSource` of the split.
-
-  Raises:
-    FileNotFoundError: missing path. ValueError: no usable audio, a file the config cannot use,
-      or too few items for the splits. All raised here, before anything is compiled.
-  """
-  s = DataSettings.from_config(dataset_cfg)
+def _probe_source(s: DataSettings, source: Any):
+  """Finds and probes the items of `source` (or `s.path`): (reader, usable infos, description)."""
   where = s.path if source is None else source
   if isinstance(where, str) and where == "":
     where = DEMO_DATA_DIR
@@ -245,18 +233,98 @@ def build_clip_source(dataset_cfg, split: str, *, source: Any = None) -> audio.A
                      f"sequence of audio arrays as `source`; got {type(where).__name__}.")
   infos = audio.probe_all(reader, keys, description=description)
   if not infos:
-    raise ValueError(f"No usable audio in {description}: found {len(keys)} candidate item(s) "
-                     f"({', '.join(audio.AUDIO_EXTENSIONS)}), none readable; see the warnings above.")
+    if not keys:
+      raise ValueError(f"No audio in {description}: no file with an audio extension "
+                       f"({', '.join(audio.AUDIO_EXTENSIONS)}) was found.")
+    raise ValueError(f"No usable audio in {description}: {len(keys)} candidate item(s) "
+                     f"({', '.join(audio.AUDIO_EXTENSIONS)}), none readable; see the warnings "
+                     "above.")
   for info in infos:
     audio.check_compatible(info, sample_rate=s.sample_rate, is_stereo=s.is_stereo,
                            resample=s.resample, mono_to_stereo=s.mono_to_stereo)
-  chosen = split_items(infos, split, valid_fraction=s.valid_fraction,
-                       test_fraction=s.test_fraction)
-  clips = audio.AudioClipSource(reader, chosen, sample_len=s.sample_len,
-                                sample_rate=s.sample_rate, is_stereo=s.is_stereo)
-  logging.info("Split %s: %d item(s), %d clip(s) of %d frames (%d short item(s) padded).", split,
-               len(chosen), len(clips), s.sample_len, clips.num_padded_items)
-  return clips
+  return reader, infos, description
+
+
+def split_by_time(infos: Sequence[audio.AudioInfo], *, valid_fraction: float,
+                  test_fraction: float) -> dict[str, list[audio.AudioInfo]]:
+  """Cuts every item in time into train | valid | test parts of its frames (too few items).
+
+  Each part is an `AudioInfo` whose `offset_frames`/`frames` select that stretch of the item, so
+  no clip (nor the resampling filter's context) crosses from one split into another.
+
+  Raises:
+    ValueError: if an item is too short to give every non-empty split one frame.
+  """
+  parts = {name: [] for name in SPLITS}
+  for info in infos:
+    valid = round(info.frames * valid_fraction) if valid_fraction > 0 else 0
+    test = round(info.frames * test_fraction) if test_fraction > 0 else 0
+    valid, test = (max(1, valid) if valid_fraction > 0 else 0), (
+        max(1, test) if test_fraction > 0 else 0)
+    train = info.frames - valid - test
+    if train < 1:
+      raise ValueError(f"{info.name} has only {info.frames} frames: too short to split by time "
+                       "into train/valid/test; use a longer file or set dataset.valid_fraction/"
+                       "test_fraction to 0.")
+    start = 0
+    for name, frames in (("train", train), ("valid", valid), ("test", test)):
+      if frames:
+        first_s, last_s = start / info.sample_rate, (start + frames) / info.sample_rate
+        parts[name].append(dataclasses.replace(
+            info, name=f"{info.name} [{first_s:.2f}-{last_s:.2f} s]",
+            offset_frames=info.offset_frames + start, frames=frames))
+      start += frames
+  return parts
+
+
+def split_sources(dataset_cfg, *, source: Any = None) -> dict[str, audio.AudioClipSource]:
+  """Finds, probes and validates the data once and splits it: {split: AudioClipSource}.
+
+  Items are split by file (`split_items`); with fewer items than the non-empty splits need
+  (e.g. one file), every item is split by time instead (`split_by_time`), with a warning.
+  The returned dict also has the key "by_time" (bool).
+
+  Raises:
+    FileNotFoundError: missing path. ValueError: no usable audio, or a file the config cannot
+      use. All raised here, before anything is compiled.
+  """
+  s = DataSettings.from_config(dataset_cfg)
+  reader, infos, description = _probe_source(s, source)
+  fractions = dict(valid_fraction=s.valid_fraction, test_fraction=s.test_fraction)
+  needed = 1 + (s.valid_fraction > 0) + (s.test_fraction > 0)
+  by_time = len(infos) < needed
+  if by_time:
+    logging.warning(
+        "Audio source %s: %d item(s) for %d non-empty splits; splitting each item by time "
+        "instead (first %.0f%% train, then %.0f%% valid, %.0f%% test).", description, len(infos),
+        needed, 100 * (1 - s.valid_fraction - s.test_fraction), 100 * s.valid_fraction,
+        100 * s.test_fraction)
+    chosen = split_by_time(infos, **fractions)
+  else:
+    chosen = {name: split_items(infos, name, **fractions) for name in SPLITS}
+  out = {}
+  for name in SPLITS:
+    clips = audio.AudioClipSource(reader, chosen[name], sample_len=s.sample_len,
+                                  sample_rate=s.sample_rate, is_stereo=s.is_stereo)
+    logging.info("Split %s: %d item(s), %d clip(s) of %d frames (%d short item(s) padded).",
+                 name, len(chosen[name]), len(clips), s.sample_len, clips.num_padded_items)
+    out[name] = clips
+  out["by_time"] = by_time
+  return out
+
+
+def build_clip_source(dataset_cfg, split: str, *, source: Any = None) -> audio.AudioClipSource:
+  """The `AudioClipSource` of one split (see `split_sources`).
+
+  Args:
+    dataset_cfg: `config.dataset` or `DataSettings`. `path` "" means the bundled demo data.
+    split: `train`, `valid`/`validation` or `test`.
+    source: optional override of `dataset.path`: a folder, a file, a list of files, or a
+      random-access sequence of audio arrays (e.g. a TFDS `data_source`).
+  """
+  if split not in _SPLIT_ALIASES:
+    raise ValueError(f"Unknown split {split!r}; valid: {', '.join(_SPLIT_ALIASES)}.")
+  return split_sources(dataset_cfg, source=source)[_SPLIT_ALIASES[split]]
 
 
 def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -284,7 +352,8 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 def create_train_iterator(dataset_cfg, *, global_batch_size: int, seed: int,
                           process_index: int | None = None, process_count: int | None = None,
-                          source: Any = None, num_workers: int | None = None):
+                          source: Any = None, num_workers: int | None = None,
+                          clips: audio.AudioClipSource | None = None):
   """The infinite, shuffled, sharded training iterator.
 
   Args:
@@ -295,6 +364,7 @@ def create_train_iterator(dataset_cfg, *, global_batch_size: int, seed: int,
     process_count: number of shards (default `jax.process_count()`).
     source: optional override of `dataset.path` (see `build_clip_source`).
     num_workers: override of `dataset.num_workers` (grain worker processes; 0 = in-process).
+    clips: the training split already built by `split_sources` (skips probing again).
 
   Returns:
     A grain `DatasetIterator` yielding {"x": int32 (B, T), "y": int32 (B, T)} with
@@ -304,7 +374,8 @@ def create_train_iterator(dataset_cfg, *, global_batch_size: int, seed: int,
   s = DataSettings.from_config(dataset_cfg)
   index, count = _process_shard(process_index, process_count)
   batch_size = host_batch_size(global_batch_size, count)
-  clips = build_clip_source(s, "train", source=source)
+  if clips is None:
+    clips = build_clip_source(s, "train", source=source)
   if len(clips) < count:
     raise ValueError(f"The training split has {len(clips)} clip(s), fewer than the {count} "
                      "processes that each need a shard.")
@@ -361,7 +432,8 @@ class EvalBatches(Sequence):
 
 def create_eval_batches(dataset_cfg, *, split: str, global_batch_size: int,
                         max_batches: int | None = None, process_index: int | None = None,
-                        process_count: int | None = None, source: Any = None) -> EvalBatches:
+                        process_count: int | None = None, source: Any = None,
+                        clips: audio.AudioClipSource | None = None) -> EvalBatches:
   """Finite, deterministic (unshuffled) batches of one split.
 
   Args:
@@ -371,6 +443,7 @@ def create_eval_batches(dataset_cfg, *, split: str, global_batch_size: int,
     max_batches: at most this many batches (None or <= 0: every full batch of the split).
     process_index, process_count: shard overrides, as in `create_train_iterator`.
     source: optional override of `dataset.path`.
+    clips: the split already built by `split_sources` (skips probing again).
 
   Returns:
     `EvalBatches`: a sequence of {"x": int32 (B, T), "y": int32 (B, T)},
@@ -379,7 +452,8 @@ def create_eval_batches(dataset_cfg, *, split: str, global_batch_size: int,
   s = DataSettings.from_config(dataset_cfg)
   index, count = _process_shard(process_index, process_count)
   host_batch_size(global_batch_size, count)
-  clips = build_clip_source(s, split, source=source)
+  if clips is None:
+    clips = build_clip_source(s, split, source=source)
   if not len(clips):
     raise ValueError(f"Split {split!r} is empty (its fraction is 0); evaluate another split.")
   return EvalBatches(clips, s, global_batch_size=global_batch_size, max_batches=max_batches,
