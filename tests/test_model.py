@@ -2,11 +2,12 @@
 
 import functools
 import math
+import pathlib
+import runpy
 
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -144,11 +145,14 @@ def test_causality(pool, unet, layer):
 
 
 def _tiny_config(is_stereo, sample_len=4096):
-  """The `:tiny` training length (4096 frames) on a narrow model, through build_model."""
-  config = ml_collections.ConfigDict()
-  config.dataset = ml_collections.ConfigDict(
-      dict(bits=8, sample_len=sample_len, is_stereo=is_stereo))
-  config.model = ml_collections.ConfigDict(dict(
+  """The `:tiny` preset's training length (4096 frames) on a narrow model, through build_model.
+
+  Starts from the real preset, so every model field the preset defines is present.
+  """
+  root = pathlib.Path(__file__).resolve().parents[1]
+  config = runpy.run_path(str(root / "configs" / "stereo_temporal.py"))["get_config"]("tiny")
+  config.dataset.update(dict(bits=8, sample_len=sample_len, is_stereo=is_stereo))
+  config.model.update(dict(
       layer="s4d", d_model=8, n_layers=1, pool=[4, 4], expand=2, ff=2, unet=False, d_state=8,
       n_ssm=1, dropout=0.0, final_act="glu", init="diag-lin", disc="zoh", dt_min=1e-3,
       dt_max=1e-1, output_head="categorical", n_mixtures=10))
