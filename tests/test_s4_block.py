@@ -55,15 +55,20 @@ def _input(shape, seed=1):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
-CASES = ([("s4d", init, disc, 1e-5) for init in ssm_init.DIAG_INITS for disc in ("zoh", "bilinear")]
-         + [("s4", "legs", "bilinear", 1e-3)])
+# Every init and disc with the platform's default convolution; every conv_impl on one S4D and
+# the S4 case.
+CASES = ([("s4d", init, disc, 1e-5, "auto") for init in ssm_init.DIAG_INITS
+          for disc in ("zoh", "bilinear")]
+         + [("s4d", "diag-lin", "zoh", 1e-5, impl) for impl in ("fft", "fft_freq", "chunked")]
+         + [("s4", "legs", "bilinear", 1e-3, impl) for impl in s4.CONV_IMPLS])
 
 
-@pytest.mark.parametrize("layer,init,disc,tol", CASES)
-def test_conv_equals_recurrence_and_prefill(layer, init, disc, tol):
+@pytest.mark.parametrize("layer,init,disc,tol,conv_impl", CASES)
+def test_conv_equals_recurrence_and_prefill(layer, init, disc, tol, conv_impl):
   # d_state 64 and n_ssm 2 for S4 (the paper's LegS size); the full l_max-long sequence.
   d_state, n_ssm = (64, 2) if layer == "s4" else (16, 1)
-  block = _block(layer, l_max=512, d_state=d_state, n_ssm=n_ssm, init=init, disc=disc)
+  block = _block(layer, l_max=512, d_state=d_state, n_ssm=n_ssm, init=init, disc=disc,
+                 conv_impl=conv_impl)
   x = _input((2, 512, 16))
   y_conv, y_step, state, prefill, y_cont = _conv_scan_prefill(*nnx.split(block), x, 300)
   chex.assert_shape((y_conv, y_step, y_cont), [x.shape, x.shape, (2, 212, 16)])

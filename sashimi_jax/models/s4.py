@@ -34,8 +34,10 @@ INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
 # uses three FFTs; "fft_freq" evaluates the kernel's spectrum directly (two FFTs); "chunked" passes
 # the SSM state between chunks (matmuls, no FFT); "auto" picks per platform at lowering time.
 CONV_IMPLS = ("auto", "fft", "fft_freq", "chunked")
-# Chosen by benchmarks/conv_cost.py: TPUs lower FFTs to DFT matmuls, so chunks win there.
+# Chosen by benchmarks/conv_cost.py and model_speed.py (README "Speed"): TPUs lower FFTs to DFT
+# matmuls, so chunks win there; on CPU chunks were 5% slower in the whole train step.
 AUTO_CONV_IMPL = {"tpu": "chunked", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
+DEFAULT_CHUNK_TOKENS = 64
 CHUNK_TOKENS = {"tpu": 64, "cpu": 64, "cuda": 64, "rocm": 64}
 
 
@@ -206,21 +208,26 @@ class S4Block(nnx.Module):
     return self._output(y)
 
   def _convolve(self, x: jax.Array, conv_impl: Optional[str] = None,
-                platform: str = "cpu") -> jax.Array:
+                platform: Optional[str] = None) -> jax.Array:
     """Causal SSM convolution of x (B, L, H) -> (B, L, H) float32 by `conv_impl`."""
     conv_impl = conv_impl or self.conv_impl
     length = x.shape[1]
     self.kernel._check_length(length)  # pylint: disable=protected-access
     if conv_impl == "auto":
       # Resolved when lowering for a platform (also for AOT compiles on another host).
-      branches = {p: (lambda x, p=p: self._convolve(x, AUTO_CONV_IMPL[p], p))
-                  for p in AUTO_CONV_IMPL}
+      # One callable per distinct (impl, chunk): platform_dependent traces each only once.
+      by_choice = {}
+      for p in AUTO_CONV_IMPL:
+        choice = (AUTO_CONV_IMPL[p], CHUNK_TOKENS[p])
+        if choice not in by_choice:
+          by_choice[choice] = lambda x, p=p: self._convolve(x, AUTO_CONV_IMPL[p], p)
+      branches = {p: by_choice[(AUTO_CONV_IMPL[p], CHUNK_TOKENS[p])] for p in AUTO_CONV_IMPL}
       return jax.lax.platform_dependent(x, **branches)
     if conv_impl == "fft":
       return fftconv.causal_fft_conv(x, self.kernel(length))
     if conv_impl == "fft_freq":
       return freqconv.causal_spectrum_conv(x, self.kernel.spectrum(length))
-    chunk = min(CHUNK_TOKENS.get(platform, 64), length)
+    chunk = min(CHUNK_TOKENS.get(platform, DEFAULT_CHUNK_TOKENS), length)
     return chunkconv.chunked_causal_conv(x, self.kernel.chunk_ops(chunk))
 
   def setup_recurrence(self) -> dict:
