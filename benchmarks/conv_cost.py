@@ -42,6 +42,7 @@ _CHUNKS = flags.DEFINE_list("chunks", ["64"], "Chunk sizes C of `chunked`.")
 _CHANNELS = flags.DEFINE_integer("channels", 64, "Channels H of the layer.")
 _TPU = flags.DEFINE_bool("tpu", True, "Also compile for a compile-only TPU v5e chip.")
 _CPU = flags.DEFINE_bool("cpu", True, "Time on this CPU.")
+_CPU_MAX_TOKENS = flags.DEFINE_integer("cpu_max_tokens", 65536, "Longest L timed on the CPU.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs after a warm-up (minimum reported).")
 
 MIB = 2**20
@@ -101,7 +102,7 @@ def measure(layer: str, impl: str, chunk: int, length: int, tpu_device) -> dict:
     row.update(tpu_kflop_per_token=float(cost.get("flops", math.nan)) / length / 1e3,
                tpu_kbytes_per_token=float(cost.get("bytes accessed", math.nan)) / length / 1e3,
                tpu_peak_mib=_peak_mib(compiled))
-  if _CPU.value:
+  if _CPU.value and length <= _CPU_MAX_TOKENS.value:
     u = jax.random.normal(jax.random.key(1), shape)
     g = jax.random.normal(jax.random.key(2), shape)
     compiled = step.lower(state, u, g).compile()

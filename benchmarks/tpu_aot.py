@@ -29,6 +29,8 @@ _TOPOLOGIES = flags.DEFINE_list("topologies", ["v4:2x2x2", "v5e:4x4", "v5e:16x16
 _CASES = flags.DEFINE_list("cases", ["sc09", "youtubemix_stereo"], "Configs to compile.")
 _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 1, "Examples per chip per step.")
 _SHARD_OPT = flags.DEFINE_bool("shard_optimizer_state", False, "Split the optimizer state.")
+_CONV_IMPL = flags.DEFINE_string("conv_impl", "", "Override model.conv_impl (e.g. fft, chunked); "
+                                  "empty keeps the config's (auto).")
 _SAMPLE_LEN = flags.DEFINE_integer("sample_len", 0, "Override dataset.sample_len (frames) for a "
                                    "quicker probe; 0 keeps the config's.")
 
@@ -59,6 +61,8 @@ def compile_case(config, topology_name: str) -> dict:
   config.train.batch_size = _PER_CHIP_BATCH.value * num_chips
   if _SAMPLE_LEN.value:
     config.dataset.sample_len = _SAMPLE_LEN.value
+  if _CONV_IMPL.value:
+    config.model.conv_impl = _CONV_IMPL.value
   config.train.shard_optimizer_state = _SHARD_OPT.value
   config_lib.validate(config, num_devices=num_chips)
   mesh = sharding.create_mesh(devices)
@@ -108,6 +112,7 @@ def main(argv):
                         f"{results[0]['peak_mib']:.1f} MiB ({results[0]['chips']} chips) to "
                         f"{results[-1]['peak_mib']:.1f} MiB ({results[-1]['chips']} chips)")
   print(json.dumps({"benchmark": "tpu_aot", "per_chip_batch": _PER_CHIP_BATCH.value,
+                    "conv_impl": _CONV_IMPL.value or "config",
                     "rows": rows}))
   if failures:
     print("FAIL: " + "; ".join(failures))

@@ -65,13 +65,13 @@ def _horner(coeffs, z):
   return acc
 
 
-def _expm1_over(w):
-  """(e^w - 1) / w, by its series for |w| < 1 (accurate with its derivative everywhere)."""
+def _expm1_over(w, expm1_w):
+  """(e^w - 1) / w given e^w - 1: by its series for |w| < 1 (accurate with its derivative)."""
   small = jnp.abs(w) < 1.0
   w_small = jnp.where(small, w, 0.0)
   w_large = jnp.where(small, 1.0, w)
   series = _horner([1.0 / math.factorial(j + 1) for j in range(14)], w_small)
-  return jnp.where(small, series, complex_pairs.expm1(w_large) / w_large)
+  return jnp.where(small, series, expm1_w / w_large)
 
 
 def geometric_sum(z, one_minus_x, x_pow_l, length: int):
@@ -79,7 +79,7 @@ def geometric_sum(z, one_minus_x, x_pow_l, length: int):
 
   Near x = 1 the quotient is 0/0 and its autodiff derivative cancels catastrophically, so for
   |z| < 0.5 (z's imaginary part taken modulo 2 pi) it is L phi(L z) beta(z) with
-  phi(w) = (e^w - 1) / w and beta(z) = z / (e^z - 1) by their series.
+  phi(w) = (e^w - 1) / w and beta(z) = z / (e^z - 1) by their series (e^(L z) = x^L).
 
   Args:
     z: complex log x (any branch); one_minus_x, x_pow_l: 1 - x and x^L, complex, same shape.
@@ -88,7 +88,7 @@ def geometric_sum(z, one_minus_x, x_pow_l, length: int):
   z = jax.lax.complex(jnp.real(z), jnp.imag(z) - two_pi * jnp.round(jnp.imag(z) / two_pi))
   near = jnp.abs(z) < _SERIES_RADIUS
   z_near = jnp.where(near, z, 0.0)
-  series = length * _expm1_over(length * z_near) * _horner(_BERNOULLI, z_near)
+  series = length * _expm1_over(length * z_near, x_pow_l - 1.0) * _horner(_BERNOULLI, z_near)
   direct = (1.0 - x_pow_l) / jnp.where(near, 1.0, one_minus_x)
   return jnp.where(near, series, direct)
 
