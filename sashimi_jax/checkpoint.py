@@ -46,7 +46,7 @@ BEST_METRIC = "eval/bits_per_token"
 # with other values cannot be continued. Everything else (lr, steps, logging, ...) may change.
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
-_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers",)
+_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers", "dataset.verify_audio")
 # Version of the parameter tree's layout, saved with the config (key PARAM_LAYOUT_KEY). 1: one
 # module per residual block (no key saved); 2: each stage's blocks stacked on a layer axis.
 PARAM_LAYOUT = 2
