@@ -72,7 +72,8 @@ def write_seed_files(folder: str, seed: int = 0) -> list[str]:
     if special:
       data[rng.integers(0, frames, 3), 0] = np.nan if special == "nan" else np.inf
       subtype = "FLOAT"
-    path = os.path.join(folder, f"seed{i:02d}_{channels}ch_{rate}hz{'_' + special if special else ''}.{ext}")
+    suffix = f"_{special}" if special else ""
+    path = os.path.join(folder, f"seed{i:02d}_{channels}ch_{rate}hz{suffix}.{ext}")
     sf.write(path, data, rate, subtype=subtype)
     paths.append(path)
   return paths

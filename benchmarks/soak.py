@@ -7,8 +7,9 @@ Run (from the repository root):
 Training: `launch.py` on the small stereo config of the tests, with evaluation and a checkpoint
 every `--every` steps, as a subprocess whose resident memory (VmRSS) and open file descriptors are
 read from /proc every `--poll_seconds`; step time is metrics.jsonl's train/seconds_per_step.
-Sampling: the run's checkpoint is loaded as sample.py does and `sample.generate_clips` is called
-for `--sample_batches` batches, each timed, with this process's RSS and open files after each.
+Sampling: the run's checkpoint is loaded as sample.py does and `sampling.generate` plus the
+decoding to audio run for `--sample_batches` batches, each timed, with this process's RSS and
+open files after each.
 
 For each series the median of the first tenth is compared with the median of the last tenth
 (the first training log step, which includes compilation, is left out). Pass: growth <= 5% for
@@ -100,15 +101,20 @@ def soak_training(workdir: str, steps: int, every: int, poll_seconds: float) -> 
 
 def soak_sampling(workdir: str, batches: int, batch_size: int, seconds: float) -> list[dict]:
   """Samples `batches` batches from the run's checkpoint in this process; returns table rows."""
-  import sample  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from sashimi_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
+  from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config, model, _ = checkpoint.load_for_inference(workdir)
   frames = max(2, int(round(seconds * int(config.dataset.sample_rate))))
+  tokens = frames * (2 if config.dataset.is_stereo else 1)
+  key = jax.random.key(0)
   times, rss, files = [], [], []
-  for b in range(batches):
+  for b in range(batches):  # one batch of sample.py: generate, then decode to audio on the host.
     start = time.perf_counter()
-    sample.generate_clips(model, config, num_samples=batch_size, batch_size=batch_size,
-                          num_frames=frames, seed=b, show_progress=False)
+    out = sampling.generate(model, key, batch_size=batch_size, num_tokens=tokens,
+                            first_sample_index=b * batch_size)
+    pipeline.decode_tokens(jax.device_get(out["tokens"]), config.dataset)
     times.append(time.perf_counter() - start)
     rss.append(_proc_rss_bytes("self") / 2**20)
     files.append(float(_open_files("self")))
