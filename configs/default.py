@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.valid_fraction = 0.06  # the reference's 88/6/6 split by file order.
   config.dataset.test_fraction = 0.06  # 0 = no test split; too few files: split by time.
   config.dataset.num_workers = 0  # grain worker processes (0 = in the training process).
+  config.dataset.verify_audio = "tail"  # tail | full (decode every file once before training).
 
   config.model = ml_collections.ConfigDict()
   config.model.layer = "s4"  # s4 (DPLR) | s4d (diagonal).

@@ -20,15 +20,8 @@ way without renaming anything.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
-import logging as logging_std
 import os
-import re
-import sys
-import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -38,15 +31,16 @@ from orbax.checkpoint import checkpoint_managers
 import grain.checkpoint as grain_checkpoint  # registers the grain iterator Orbax handler.
 from absl import logging
 
+from sashimi_jax import checkpoint_integrity as integrity
+
 CHECKPOINT_DIR = "checkpoints"
-MANIFEST_FILE = "sashimi_manifest.json"
 DAMAGED_SUFFIX = ".damaged"
 BEST_METRIC = "eval/bits_per_token"
 # Fields that change the parameters' shapes, the data stream or its meaning: a checkpoint trained
 # with other values cannot be continued. Everything else (lr, steps, logging, ...) may change.
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
-_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers",)
+_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers", "dataset.verify_audio")
 # Version of the parameter tree's layout, saved with the config (key PARAM_LAYOUT_KEY). 1: one
 # module per residual block (no key saved); 2: each stage's blocks stacked on a layer axis.
 PARAM_LAYOUT = 2
@@ -64,131 +58,6 @@ class ParamLayoutError(ValueError):
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-  """`error` as one short line: its type and the first non-empty line of its message."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  text = f"{type(error).__name__}: {lines[0] if lines else repr(error)}"
-  return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _os_errno(error: BaseException) -> int | None:
-  """The errno behind a failed write: of an OSError in `error`'s cause/context chain, or the
-  `os_error_code` TensorStore puts in its messages (Orbax writes arrays through TensorStore)."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    if isinstance(error, OSError) and error.errno is not None:
-      return int(error.errno)
-    match = re.search(r"os_error_code='?(\d+)", str(error))
-    if match:
-      return int(match.group(1))
-    seen.add(id(error))
-    error = error.__cause__ or error.__context__
-  return None
-
-
-class _DropOrbaxErrors(logging_std.Filter):
-  """Drops Orbax's own ERROR records (with tracebacks) of a failure this module reports."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return not (record.levelno >= logging_std.ERROR
-                and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
-
-
-@contextlib.contextmanager
-def _quiet_orbax_failures():
-  """Around a save or restore whose failure is reported in one line by this module."""
-  _quiet_failed_restores()
-  absl_logger = logging_std.getLogger("absl")
-  drop = _DropOrbaxErrors()
-  absl_logger.addFilter(drop)
-  try:
-    yield
-  finally:
-    absl_logger.removeFilter(drop)
-
-
-_DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
-                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit exceeded",
-                errno.EIO: "input/output error"}
-
-
-def _file_crc32(path: str) -> int:
-  crc = 0
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 22):
-      crc = zlib.crc32(chunk, crc)
-  return crc
-
-
-def _step_files(step_dir: str) -> list[str]:
-  """Paths of every file under `step_dir` (relative, sorted), the manifest excluded."""
-  found = []
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != MANIFEST_FILE:
-        found.append(rel)
-  return sorted(found)
-
-
-def write_manifest(step_dir: str) -> dict[str, list[int]]:
-  """Records {relative path: [bytes, crc32]} of every file of a saved step in its manifest."""
-  manifest = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                    _file_crc32(os.path.join(step_dir, rel))] for rel in _step_files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(step_dir, MANIFEST_FILE))
-  return manifest
-
-
-def manifest_problem(step_dir: str) -> str | None:
-  """Why a saved step differs from its manifest (a missing, resized or changed file), or None.
-
-  A step without a manifest (saved by an older version) is not judged here: None.
-  """
-  path = os.path.join(step_dir, MANIFEST_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-    entries = {str(k): (int(v[0]), int(v[1])) for k, v in manifest.items()}
-  except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
-    return f"its manifest {MANIFEST_FILE} is unreadable ({one_line(e)})"
-  for rel, (size, crc) in sorted(entries.items()):
-    full = os.path.join(step_dir, rel)
-    if not os.path.isfile(full):
-      return f"file {rel} is missing"
-    actual = os.path.getsize(full)
-    if actual != size:
-      return f"file {rel} has {actual} bytes, {size} when saved"
-    try:
-      if _file_crc32(full) != crc:
-        return f"file {rel} changed since it was saved (CRC32 mismatch)"
-    except OSError as e:
-      return f"file {rel} is unreadable ({one_line(e)})"
-  return None
-
-
-def _drop_closed_loop_noise(unraisable, _previous=[None]):  # pylint: disable=dangerous-default-value
-  """sys.unraisablehook: hides the "Event loop is closed" errors a failed Orbax restore leaves
-  in TensorStore callbacks (harmless; the restore's own error is reported); passes the rest on."""
-  value = unraisable.exc_value
-  if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
-    return
-  (_previous[0] or sys.__unraisablehook__)(unraisable)
-
-
-def _quiet_failed_restores() -> None:
-  if sys.unraisablehook is not _drop_closed_loop_noise:
-    _drop_closed_loop_noise.__defaults__[0][0] = sys.unraisablehook
-    sys.unraisablehook = _drop_closed_loop_noise
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -281,46 +150,31 @@ class Checkpointer:
         config=ocp.args.JsonSave({**_to_dict(config), PARAM_LAYOUT_KEY: PARAM_LAYOUT}))
     earlier = self.all_steps()
     try:
-      with _quiet_orbax_failures():
+      with integrity.quiet_orbax_failures():
         self._manager.save(int(step), args=args, metrics=metrics, force=True)
         self._manager.wait_until_finished()
       if jax.process_index() == 0:
-        write_manifest(self.step_dir(step))
-        problem = manifest_problem(self.step_dir(step)) or self._metadata_problem(step)
+        integrity.write_manifest(self.step_dir(step))
+        problem = self.damage(step)
         if problem:
           raise CheckpointError(f"verification after saving failed: {problem}")
     except Exception as e:  # pylint: disable=broad-except
-      code = _os_errno(e)
-      cause = (f"{_DISK_ERRNOS.get(code, os.strerror(code))} (errno {code}: {os.strerror(code)})"
-               if code is not None else one_line(e))
-      logging.debug("Checkpoint save failure: %s", one_line(e, limit=2000))
+      cause = integrity.write_failure_cause(e)
+      logging.debug("Checkpoint save failure: %s", integrity.one_line(e, limit=2000))
       raise CheckpointError(
-          f"Could not save checkpoint step {step} in {self.directory}: {cause.rstrip('.')}. Earlier "
-          f"checkpoints are untouched (steps {earlier or 'none'}); free space or fix the "
+          f"Could not save checkpoint step {step} in {self.directory}: {cause.rstrip('.')}. "
+          f"Earlier checkpoints are untouched (steps {earlier or 'none'}); free space or fix the "
           "directory, then rerun the same command to resume.") from e
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(int(step)))
-
-  def _metadata_problem(self, step: int) -> str | None:
-    """Whether the step's small JSON metadata files parse (cheap check after saving)."""
-    step_dir = self.step_dir(step)
-    for rel in _step_files(step_dir):
-      if os.path.basename(rel) in ("_METADATA", "_CHECKPOINT_METADATA", "metadata") or (
-          rel.endswith(".json")):
-        try:
-          with open(os.path.join(step_dir, rel), encoding="utf-8") as f:
-            json.load(f)
-        except (OSError, ValueError) as e:
-          return f"metadata file {rel} does not parse ({one_line(e)})"
-    return None
 
   def damage(self, step: int) -> str | None:
     """Why `step` cannot be used judging by its files (manifest, metadata), or None."""
     step_dir = self.step_dir(step)
     if not os.path.isdir(step_dir):
       return "its directory is missing"
-    return manifest_problem(step_dir) or self._metadata_problem(step)
+    return integrity.manifest_problem(step_dir) or integrity.metadata_problem(step_dir)
 
   def set_aside(self, step: int, cause: str) -> str:
     """Renames a damaged step to `<step>.damaged[.N]` (never deletes it) with a note of `cause`.
@@ -386,15 +240,15 @@ class Checkpointer:
       except ParamLayoutError:  # intact, but for other code: never set aside as damage.
         raise
       except Exception as e:  # pylint: disable=broad-except
-        cause = one_line(e)
+        cause = integrity.one_line(e)
       if cause is None:
         if config is not None:
           check_compatible(saved, config, workdir=workdir, step=step)
         try:
-          with _quiet_orbax_failures():
+          with integrity.quiet_orbax_failures():
             state = self.restore(step, abstract_state, data_iterator)
         except Exception as e:  # pylint: disable=broad-except
-          cause = one_line(e)
+          cause = integrity.one_line(e)
       if cause is None:
         for bad_step, bad_cause in damaged:
           where = self.set_aside(bad_step, bad_cause) if set_aside else self.step_dir(bad_step)
@@ -454,11 +308,11 @@ class Checkpointer:
 
   def close(self) -> None:
     try:
-      with _quiet_orbax_failures():
+      with integrity.quiet_orbax_failures():
         self._manager.wait_until_finished()
         self._manager.close()
     except Exception as e:  # pylint: disable=broad-except  (a failed save was reported already)
-      logging.debug("Closing the checkpoint manager: %s", one_line(e))
+      logging.debug("Closing the checkpoint manager: %s", integrity.one_line(e))
 
 
 def load_for_inference(workdir: str, step: int | None = None):
@@ -505,13 +359,13 @@ def load_for_inference(workdir: str, step: int | None = None):
       cause = ckpt.damage(s)
       if cause is None:
         try:
-          with _quiet_orbax_failures():
+          with integrity.quiet_orbax_failures():
             config, graphdef, params = restore(s)
           break
         except ParamLayoutError:
           raise
         except Exception as e:  # pylint: disable=broad-except
-          cause = one_line(e)
+          cause = integrity.one_line(e)
       if step is None:  # falling back; an explicit --step gets one error line below.
         logging.warning("Checkpoint step %d is damaged (%s); trying an older one.", s, cause)
       tried.append((s, cause))

@@ -12,6 +12,7 @@ from typing import Any
 
 from sashimi_jax import heads
 from sashimi_jax import optim
+from sashimi_jax.data import audio
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
 from sashimi_jax.models import s4
@@ -25,6 +26,7 @@ QUANTIZATIONS = quantize.METHODS
 SCHEDULES = optim.SCHEDULES
 DISCRETIZATIONS = discretize.DISCRETIZATIONS
 CONV_IMPLS = s4.CONV_IMPLS
+VERIFY_AUDIO = audio.VERIFY_AUDIO
 MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 
@@ -142,6 +144,7 @@ def find_problems(config, *, num_devices: int | None = None,
     problems.append(f"{d}.valid_fraction + {d}.test_fraction = {valid + test} leaves no training "
                     "data; their sum must be < 1.")
   _check_int(config, f"{d}.num_workers", problems, minimum=0)
+  _check_choice(config, f"{d}.verify_audio", VERIFY_AUDIO, problems)
   if is_stereo and sample_len is not None and block_frames is not None:
     # A last block shorter than N is allowed (stereo.py); a block longer than the clip is
     # just `blocking` under another name, almost always a units mistake (frames vs tokens).

@@ -354,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  from sashimi_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
   from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   is_main = jax.process_index() == 0
@@ -472,6 +473,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                         or is_last):
           if eval_batches is None:
             eval_batches = list(eval_source)
+          audio_lib.report_substitutions()  # one line per evaluation, counts per file.
           eval_scalars = evaluate(eval_step, state["params"], eval_batches, mesh,
                                   bool(config.dataset.is_stereo))
           eval_bits = eval_scalars["eval/bits_per_token"]

@@ -205,3 +205,76 @@ def test_sequence_reader(caplog):
   clip = reader.read(0, 100, 50)
   assert clip.dtype == np.float32
   np.testing.assert_allclose(clip, items[0][100:150] / 32768.0)
+
+
+def _flip_middle_bytes(path, seed=0):
+  data = bytearray(open(path, "rb").read())
+  rng = np.random.default_rng(seed)
+  for pos in rng.integers(len(data) // 4, len(data) * 3 // 4, 8):
+    data[pos] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+def test_non_finite_samples_are_found_when_reading(tmp_path, caplog):
+  data = af.tone(4000, 2)
+  data[1500, 1] = np.nan
+  data[2500, 0] = np.inf
+  middle = str(tmp_path / "nan_middle.wav")
+  sf.write(middle, data, 8000, subtype="FLOAT")
+  tail = af.tone(4000, 2)
+  tail[-10, 0] = -np.inf
+  at_end = str(tmp_path / "inf_tail.wav")
+  sf.write(at_end, tail, 8000, subtype="FLOAT")
+  reader = audio.FileReader()
+  info = reader.probe(middle)  # the tail probe cannot see it ...
+  with pytest.raises(audio.BadAudioError, match=r"non-finite samples: 1 NaN and 1 infinite, "
+                                                r"the first at frame 1500"):
+    reader.read(middle, 1000, 2000)  # ... reading can.
+  np.testing.assert_array_equal(reader.read(middle, 0, 1000), data[:1000])
+  with pytest.raises(audio.BadAudioError, match="non-finite"):
+    reader.probe(at_end)
+  caplog.set_level(logging.WARNING)
+  assert audio.probe_all(reader, [middle, at_end], description="d", verify="full") == []
+  messages = _warnings(caplog)
+  assert any(m.startswith(f"Skipping audio {middle}: non-finite samples") for m in messages)
+  seq = audio.SequenceReader([data], sample_rate=8000)
+  with pytest.raises(audio.BadAudioError, match="non-finite"):
+    seq.read(0, 0, 4000)
+
+
+def test_verify_audio_full_skips_files_damaged_in_the_middle(tmp_path, caplog):
+  good = str(tmp_path / "good.flac")
+  damaged = str(tmp_path / "damaged.flac")
+  af.write_audio(good, 40000, channels=2, sample_rate=8000)
+  af.write_audio(damaged, 40000, channels=2, sample_rate=8000, seed=1)
+  _flip_middle_bytes(damaged)
+  reader = audio.FileReader()
+  caplog.set_level(logging.WARNING)
+  tail = audio.probe_all(reader, [good, damaged], description="d", verify="tail")
+  assert [i.key for i in tail] == [good, damaged]  # the tail probe passes it ...
+  full = audio.probe_all(reader, [good, damaged], description="d", verify="full", num_threads=2)
+  assert [i.key for i in full] == [good]  # ... full verification skips it by name.
+  assert any(m.startswith(f"Skipping audio {damaged}: could not decode") for m in _warnings(caplog))
+  with pytest.raises(ValueError, match="verify_audio='most'"):
+    audio.probe_all(reader, [good], description="d", verify="most")
+
+
+def test_substitution_warnings_once_per_file_with_counts_at_each_report(tmp_path, caplog):
+  paths = [str(tmp_path / f"g{i}.wav") for i in range(3)]
+  for i, path in enumerate(paths):
+    af.write_index_wav(path, 1024, file_id=i + 1)
+  reader = audio.FileReader()
+  source = audio.AudioClipSource(reader, [reader.probe(p) for p in paths], sample_len=256,
+                                 sample_rate=8000, is_stereo=True)
+  audio.report_substitutions()  # reset counts from other tests.
+  os.remove(paths[1])
+  caplog.set_level(logging.WARNING)
+  for index in (4, 5, 6, 4):  # four failed reads of g1.wav
+    source[index]
+  per_read = [m for m in _warnings(caplog) if "g1.wav" in m and "substituting" in m]
+  assert len(per_read) == 1, per_read
+  caplog.clear()
+  assert audio.report_substitutions() == {paths[1]: 4}
+  (summary,) = _warnings(caplog)
+  assert "Substituted 4 unreadable clip(s)" in summary and f"{paths[1]}: 4" in summary
+  assert audio.report_substitutions() == {}  # counted since the last report only.

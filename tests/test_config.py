@@ -124,6 +124,7 @@ def test_batch_not_divisible_by_devices():
     ("model.layer", "s5", "model.layer='s5' is unknown"),
     ("model.output_head", "softmax", "model.output_head='softmax' is unknown"),
     ("dataset.quantization", "a-law", "dataset.quantization='a-law' is unknown"),
+    ("dataset.verify_audio", "most", "dataset.verify_audio='most' is unknown"),
     ("train.schedule", "linear", "train.schedule='linear' is unknown"),
     ("model.disc", "euler", "model.disc='euler' is unknown"),
     ("model.init", "legs", "model.init='legs' does not fit layer='s4d'"),

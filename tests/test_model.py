@@ -257,3 +257,12 @@ def test_bad_inputs_raise():
     model.prefill(None, jnp.zeros((1, 0), jnp.int32))
   with pytest.raises(ValueError, match="batch_size"):
     model.init_state(0)
+
+
+def test_out_of_range_tokens_are_rejected_not_clamped():
+  model = _small_model(pool=(2,), l_max=16)
+  for bad in (32, -1):
+    tokens = _tokens(1, 16).at[0, 5].set(bad)
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, 32\)"):
+      model(tokens)
+  model(_tokens(1, 16))  # in range: fine.

@@ -370,3 +370,21 @@ def test_a_split_by_time_keeps_resampling_inside_its_stretch(tmp_path):
   clip = valid[0][:, 0]
   # The first valid clip resamples frames from 15000 on (16 kHz -> 8 kHz: every other frame).
   assert af.decode_index(clip[10])[1] == pytest.approx(15_000 + 20, abs=1)
+
+
+def test_verify_audio_full_leaves_no_damaged_file_in_the_splits(tmp_path):
+  paths = af.make_folder(tmp_path, 3, num_frames=40000, ext="flac")
+  data = bytearray(open(paths[1], "rb").read())  # bytes flipped mid-file: the tail still decodes
+  for pos in np.random.default_rng(0).integers(len(data) // 4, len(data) * 3 // 4, 8):
+    data[pos] ^= 0xFF
+  open(paths[1], "wb").write(bytes(data))
+  tail = pipeline.build_clip_source(af.dataset_config(tmp_path, valid_fraction=0.0,
+                                                      test_fraction=0.0), "train")
+  assert [i.key for i in tail.infos] == paths
+  full = pipeline.build_clip_source(af.dataset_config(tmp_path, valid_fraction=0.0,
+                                                      test_fraction=0.0, verify_audio="full"),
+                                    "train")
+  assert [i.key for i in full.infos] == [paths[0], paths[2]]
+  for index in range(len(full)):
+    full[index]
+  assert full.substitutions == 0

@@ -110,3 +110,27 @@ def test_bad_bits(bits):
 def test_bad_method():
   with pytest.raises(ValueError, match="Unknown quantization method 'mulaw'; valid: mu-law, linear"):
     quantize.decode(np.zeros(3, np.int32), 8, "mulaw")
+
+
+@pytest.mark.parametrize("method", ["mu-law", "linear"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_every_float_input_encodes_in_range(method, bits):
+  tiny = np.finfo(np.float32).tiny
+  specials = np.array([np.nan, np.inf, -np.inf, 1e38, -1e38, 3.4e38, 1e300, -1e300, tiny, -tiny,
+                       tiny / 8, -tiny / 8, 5e-324, 0.0, -0.0, 1.0, -1.0, 1 + 1e-7, -1 - 1e-7])
+  rng = np.random.default_rng(0)
+  random = rng.standard_normal(2000) * 10.0 ** rng.integers(-40, 40, 2000)
+  for x in (specials, random, specials.astype(np.float32), random.astype(np.float16)):
+    for codes in (quantize.encode(x, bits, method),
+                  np.asarray(quantize.encode(jnp.asarray(x, jnp.float32), bits, method))):
+      assert codes.dtype == np.int32
+      assert codes.min() >= 0 and codes.max() < 2**bits, (x.dtype, codes.min(), codes.max())
+  codes = quantize.encode(np.array([np.nan, np.inf, -np.inf]), bits, method)
+  np.testing.assert_array_equal(codes, quantize.encode(np.array([0.0, 1.0, -1.0]), bits, method))
+
+
+def test_normalize_ignores_non_finite_samples():
+  clip = np.array([[0.5, np.nan], [np.inf, -0.5], [-np.inf, 0.25]])
+  out = quantize.normalize(clip)
+  assert np.all(np.isfinite(out)) and out.min() >= -1 and out.max() <= 1
+  np.testing.assert_allclose(quantize.normalize(jnp.asarray(clip, jnp.float32)), out, atol=1e-6)

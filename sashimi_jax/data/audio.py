@@ -20,10 +20,13 @@ more than two channels is an error. Rates. An item at another sample rate is res
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import math
 import os
 import re
+import threading
 from typing import Any, Sequence
 
 from absl import logging
@@ -38,6 +41,31 @@ _PROBE_TAIL_FRAMES = 1024
 # Source frames read on each side of a clip before resampling, so the filter sees real context.
 _RESAMPLE_MARGIN_FRAMES = 64
 _MAX_SUBSTITUTIONS = 8
+# dataset.verify_audio: what probing decodes before training.
+VERIFY_AUDIO = ("tail", "full")
+_VERIFY_BLOCK_FRAMES = 1 << 18
+# Clip reads that failed and were substituted, by item name, since the last report (this process).
+_SUBSTITUTIONS: collections.Counter = collections.Counter()
+_WARNED_ITEMS: set = set()
+_SUBSTITUTION_LOCK = threading.Lock()
+
+
+def report_substitutions() -> dict[str, int]:
+  """Logs one line with the substitutions since the last call, per item; returns and resets them.
+
+  The first failure of each item is logged when it happens; later ones only count here (the
+  trainer calls this at each evaluation). Counts cover reads in this process (with
+  dataset.num_workers > 0 the worker processes log their own first failures).
+  """
+  with _SUBSTITUTION_LOCK:
+    counts = dict(_SUBSTITUTIONS)
+    _SUBSTITUTIONS.clear()
+  if counts:
+    items = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+    logging.warning("Substituted %d unreadable clip(s) since the last report (%s); "
+                    "dataset.verify_audio='full' finds such files before training.",
+                    sum(counts.values()), items)
+  return counts
 
 
 class BadAudioError(ValueError):
@@ -182,7 +210,17 @@ class FileReader:
     if data.shape[0] != num_frames:
       raise BadAudioError(
           f"could only decode {data.shape[0]} of frames {start_frame}..{start_frame + num_frames}")
+    check_finite(data, start_frame)
     return data
+
+
+def check_finite(data: np.ndarray, start_frame: int = 0) -> None:
+  """Raises BadAudioError if float audio (frames, channels) holds NaN or +-inf samples."""
+  if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+    bad = ~np.isfinite(data)
+    first = start_frame + int(np.argmax(bad.any(axis=1)))
+    raise BadAudioError(f"non-finite samples: {int(np.isnan(data).sum())} NaN and "
+                        f"{int(np.isinf(data).sum())} infinite, the first at frame {first}")
 
 
 def _as_frames(item: Any) -> np.ndarray:
@@ -243,7 +281,9 @@ class SequenceReader:
     data = array[start_frame:start_frame + num_frames]
     if data.shape[0] != num_frames:
       raise BadAudioError(f"holds {array.shape[0]} frames, fewer than the {start_frame + num_frames} read")
-    return _to_float32(data)
+    data = _to_float32(data)
+    check_finite(data, start_frame)
+    return data
 
 
 def check_compatible(info: AudioInfo, *, sample_rate: int, is_stereo: bool, resample: bool,
@@ -368,23 +408,61 @@ def load_audio(path: str, *, sample_rate: int, is_stereo: bool, resample: bool =
   return fix_channels(audio, is_stereo=is_stereo)
 
 
-def probe_all(reader, keys: Sequence[Any], *, description: str) -> list[AudioInfo]:
+def decode_fully(reader, info: AudioInfo) -> None:
+  """Decodes every frame of a probed item once, in blocks (memory stays small).
+
+  Raises:
+    BadAudioError: at the first block that does not decode or holds non-finite samples.
+  """
+  for start in range(0, info.frames, _VERIFY_BLOCK_FRAMES):
+    reader.read(info.key, start, min(_VERIFY_BLOCK_FRAMES, info.frames - start))
+
+
+def _check_item(reader, key, verify: str) -> AudioInfo:
+  info = reader.probe(key)
+  if verify == "full":
+    decode_fully(reader, info)
+  return info
+
+
+def probe_all(reader, keys: Sequence[Any], *, description: str, verify: str = "tail",
+              num_threads: int | None = None) -> list[AudioInfo]:
   """Probes every item, skipping bad ones with one warning each and one summary line.
 
   Args:
     reader: a `FileReader` or `SequenceReader`.
     keys: the items to probe.
     description: what the summary line calls the source (e.g. the folder).
+    verify: `tail` (header and last frames: fast) or `full` (decode every frame once, so damage
+      anywhere in a file is found now rather than mid-run).
+    num_threads: parallel probes (default: up to 8, by CPU count); libsndfile decodes without
+      holding the GIL.
 
   Returns:
     The `AudioInfo` of every usable item, in the order of `keys`.
   """
-  usable, skipped = [], {}
-  for key in keys:
+  if verify not in VERIFY_AUDIO:
+    raise ValueError(f"dataset.verify_audio={verify!r} is unknown; valid: "
+                     f"{', '.join(VERIFY_AUDIO)}.")
+  threads = num_threads or min(8, os.cpu_count() or 1)
+
+  def check(key):
     try:
-      usable.append(reader.probe(key))
+      return _check_item(reader, key, verify)
     except BadAudioError as e:
-      reason = str(e)
+      return e
+
+  if threads > 1 and len(keys) > 1:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      results = list(pool.map(check, keys))
+  else:
+    results = [check(key) for key in keys]
+  usable, skipped = [], {}
+  for key, result in zip(keys, results):
+    if isinstance(result, AudioInfo):
+      usable.append(result)
+    else:
+      reason = str(result)
       logging.warning("Skipping audio %s: %s", reader.name(key), reason)
       kind = reason.split(" (")[0].split(":")[0]
       skipped[kind] = skipped.get(kind, 0) + 1
@@ -453,18 +531,22 @@ class AudioClipSource:
       return self.read_clip(index)
     except Exception as e:  # pylint: disable=broad-except
       failed_item, _ = self.locate(index)
-      logging.warning("Reading clip %d of %s failed (%s); substituting another clip.", index,
-                      self.infos[failed_item].name, e)
+      failed_name = self.infos[failed_item].name
+      with _SUBSTITUTION_LOCK:
+        first_time = failed_name not in _WARNED_ITEMS
+        _WARNED_ITEMS.add(failed_name)
+        _SUBSTITUTIONS[failed_name] += 1
+      if first_time:  # one warning per item; later failures are counted (report_substitutions).
+        logging.warning("Reading clip %d of %s failed (%s); substituting another clip (further "
+                        "failures of this file are counted, not logged).", index, failed_name, e)
     num_items = len(self.infos)
     for step in range(1, min(num_items, _MAX_SUBSTITUTIONS + 1)):
       item = (failed_item + step) % num_items
       try:
         clip = self.read_clip(int(self.first_clip[item]))
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Substitute clip from %s failed too (%s).", self.infos[item].name, e)
+      except Exception:  # pylint: disable=broad-except
         continue
       self.substitutions += 1
-      logging.warning("Clip %d replaced by the first clip of %s.", index, self.infos[item].name)
       return clip
     raise RuntimeError(f"Clip {index} of {self.infos[failed_item].name} and every substitute tried "
                        "failed to read; the audio source is no longer readable.")

@@ -62,6 +62,7 @@ class DataSettings:
   valid_fraction: float
   test_fraction: float
   num_workers: int
+  verify_audio: str = "tail"
 
   @classmethod
   def from_config(cls, dataset_cfg) -> "DataSettings":
@@ -87,6 +88,7 @@ class DataSettings:
         valid_fraction=float(get("valid_fraction", 0.06)),
         test_fraction=float(get("test_fraction", 0.06)),
         num_workers=int(get("num_workers", 0)),
+        verify_audio=str(get("verify_audio", "tail")),
     )
     quantize.num_tokens(settings.bits)  # validates bits
     if settings.quantization not in quantize.METHODS:
@@ -103,6 +105,9 @@ class DataSettings:
         raise ValueError(f"dataset.{name}={getattr(settings, name)} must be in [0, 1).")
     if settings.valid_fraction + settings.test_fraction >= 1.0:
       raise ValueError("dataset.valid_fraction + dataset.test_fraction must be < 1.")
+    if settings.verify_audio not in audio.VERIFY_AUDIO:
+      raise ValueError(f"dataset.verify_audio={settings.verify_audio!r} is unknown; valid: "
+                       f"{', '.join(audio.VERIFY_AUDIO)}.")
     if settings.num_workers < 0:
       raise ValueError(f"dataset.num_workers={settings.num_workers} must be >= 0.")
     return settings
@@ -231,7 +236,7 @@ def _probe_source(s: DataSettings, source: Any):
   else:
     raise ValueError(f"dataset.path must be a folder, a file or a list of files, or pass a "
                      f"sequence of audio arrays as `source`; got {type(where).__name__}.")
-  infos = audio.probe_all(reader, keys, description=description)
+  infos = audio.probe_all(reader, keys, description=description, verify=s.verify_audio)
   if not infos:
     if not keys:
       raise ValueError(f"No audio in {description}: no file with an audio extension "

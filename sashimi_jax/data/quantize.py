@@ -13,7 +13,9 @@ mu-law: 2/Q in the companded domain; plus 0.01/(Q - 0.01) from the epsilon, whic
 slightly), and `encode(decode(q))` is q or q - 1 (the reference's
 epsilon puts decoded values on the lower bin edge). The reference folds a per-clip min-max scaling
 into both encoders; here it is the separate step `normalize`, applied jointly over all channels so
-inter-channel level differences survive. Inputs outside [-1, 1] are clipped before encoding.
+inter-channel level differences survive. Inputs outside [-1, 1] are clipped before encoding; NaN
+encodes as silence and +-inf as full scale, so no float input yields a code outside [0, 2**bits)
+(the reader skips non-finite audio before it gets here; see audio.py).
 
 Every function works on numpy arrays (computed in float64, returned as numpy) and on jax arrays
 (float32, jit-safe).
@@ -60,11 +62,13 @@ def normalize(x):
 
   Returns:
     float32 array of the same shape in [-1, 1]. A constant clip maps to zeros (silence), rather
-    than to -1 as the reference's `x - min / (max - min + 1e-6)` would.
+    than to -1 as the reference's `x - min / (max - min + 1e-6)` would. Non-finite samples count
+    as 0.
   """
   xp = _xp(x)
   dtype = np.float64 if xp is np else jnp.float32
   x = xp.asarray(x, dtype=dtype)
+  x = xp.where(xp.isfinite(x), x, 0.0)  # NaN/inf carry no level; never let them set the range.
   lo = xp.min(x)
   hi = xp.max(x)
   span = hi - lo
@@ -85,7 +89,8 @@ def encode(x, bits: int, method: str):
   """Quantizes audio to integer codes.
 
   Args:
-    x: numpy or jax float array (...) with values in [-1, 1] (values outside are clipped).
+    x: numpy or jax float array (...) with values in [-1, 1] (values outside are clipped; NaN
+      -> 0, +-inf -> +-1).
     bits: bits per sample, 8..16.
     method: `mu-law` or `linear`.
 
@@ -96,7 +101,9 @@ def encode(x, bits: int, method: str):
   xp = _xp(x)
   dtype = np.float64 if xp is np else jnp.float32
   levels = float(1 << bits)
-  x = xp.clip(xp.asarray(x, dtype=dtype), -1.0, 1.0)
+  # NaN -> silence and +-inf -> full scale, so every float input gives a code in range.
+  x = xp.nan_to_num(xp.asarray(x, dtype=dtype), nan=0.0, posinf=1.0, neginf=-1.0)
+  x = xp.clip(x, -1.0, 1.0)
   if method == "mu-law":
     x = _compand(x, levels - 1.0, xp)
   unit = (x + 1.0) / 2.0

@@ -199,3 +199,7 @@ class SaShiMiLM(nnx.Module):
   def _check_tokens(self, tokens):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an int array (B, T), got {tokens.dtype}{tokens.shape}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # traced: checked at the data
+      lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))  # boundary (encode_clip) instead.
+      if lo < 0 or hi >= self.num_tokens:  # the embedding lookup would silently clamp them.
+        raise ValueError(f"tokens must be in [0, {self.num_tokens}), got values in [{lo}, {hi}]")
