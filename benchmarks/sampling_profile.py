@@ -12,7 +12,9 @@ process-CPU milliseconds:
     Python int, so every `lax.cond` is resolved at trace time (what a cond-free step would cost);
     its outputs are checked against the dynamic step's;
   * gemm (B,K)@(K,M): a matmul + tanh chain of the model's sizes, with its FLOP rate, which
-    shows how little a batch gains per row from XLA's CPU small-matrix dots.
+    shows how little a batch gains per row from XLA's CPU small-matrix dots;
+  * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 complex) alone, for the widths
+    of the model's levels (64, 128, 256), with its FLOP rate (~14 real FLOPs per state element).
 Prints a table and one JSON line. The machine may be shared: compare rows of one run.
 """
 
@@ -37,6 +39,7 @@ from flax import nnx
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))  # run from anywhere
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax.models.ssm import s4d  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "32"], "Batch sizes.")
@@ -158,6 +161,25 @@ def main(argv):
       x = jnp.full((batch, k), 0.1)
       ms = _best_ms(lambda: gemm(x), steps, repeats)
       report(f"gemm ({batch},{k})@({k},{m})x2", batch, ms, 4.0 * batch * k * m / (ms[0] * 1e6))
+    half_state = int(config.model.d_state) // 2
+    for width in (64, 128, 256):
+      keys = jax.random.split(jax.random.key(4), 6)
+      parts = [jax.random.uniform(k, (width, half_state)) for k in keys]
+      rec = {"A_bar": (0.5 * parts[0], 0.5 * parts[1]), "B_bar": (parts[2], parts[3]),
+             "C": (parts[4], parts[5])}
+
+      @jax.jit
+      def layer(u, rec=rec, width=width):
+        def body(carry, _):
+          state, u = carry
+          y, state = s4d.s4d_step(rec, state, u)
+          return (state, jnp.tanh(y)), None
+        zero = jnp.zeros((u.shape[0], width, half_state))
+        return jax.lax.scan(body, ((zero, zero), u), None, length=steps)[0][1]
+
+      u = jnp.ones((batch, width))
+      ms = _best_ms(lambda: layer(u), steps, repeats)
+      report(f"s4d_step H={width}", batch, ms, 14.0 * batch * width * half_state / (ms[0] * 1e6))
   print(json.dumps({"benchmark": "sampling_profile", "num_tokens": steps,
                     "load": os.getloadavg(), "rows": rows}))
 

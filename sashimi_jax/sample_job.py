@@ -418,6 +418,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
         **job, **(metadata or {}), **audio_output.options_record(options, sample_rate),
         "prompt_tokens": prompt_len, **speed})
   _sync("sample_job_merged")
-  return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()), seconds=seconds,
+  return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()),
+                   seconds=seconds,
                    tokens_per_second=pending.size * new_tokens / max(seconds, 1e-9),
                    records=records, speed=speed)

@@ -80,9 +80,9 @@ def _assert_same_job(output_dir, reference_dir):
   want = json.loads((pathlib.Path(reference_dir) / "samples.json").read_text())
   assert sorted(r["file"] for r in saved["samples"]) == sorted(expected)
   assert [r["file"] for r in saved["samples"]] == [r["file"] for r in want["samples"]]
-  likelihoods = [r["log_likelihood"] for r in saved["samples"]]
+  likelihoods = [r["log_likelihood_nats"] for r in saved["samples"]]
   assert likelihoods == sorted(likelihoods, reverse=True)
-  np.testing.assert_allclose(likelihoods, [r["log_likelihood"] for r in want["samples"]],
+  np.testing.assert_allclose(likelihoods, [r["log_likelihood_nats"] for r in want["samples"]],
                              rtol=1e-5)
   assert not list(pathlib.Path(output_dir).rglob(".tmp-*"))
 

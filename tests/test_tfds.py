@@ -79,7 +79,8 @@ def test_tfds_items_become_the_clips_of_the_pipeline(data_dir):
   np.testing.assert_array_equal(valid[0], items[10][:32].astype(np.float32) / 32768)
   test_split = pipeline.build_clip_source(_dataset_cfg(data_dir, tfds_split="test"), "train")
   test_source = tfds.data_source("tiny_stereo", split="test", data_dir=str(data_dir))
-  np.testing.assert_array_equal(test_split[0], test_source[0]["pcm"][:32].astype(np.float32) / 32768)
+  np.testing.assert_array_equal(test_split[0],
+                                test_source[0]["pcm"][:32].astype(np.float32) / 32768)
   mono = pipeline.build_clip_source(_dataset_cfg(data_dir, is_stereo=False), "train")
   np.testing.assert_allclose(mono[0][:, 0], items[0][:32].mean(-1) / 32768, rtol=1e-6)
 
