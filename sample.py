@@ -53,8 +53,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("num_samples", 4, "Clips to generate (0: only --verify_step).",
                        flag_values=fv)
-  flags.DEFINE_integer("batch_size", 4, "Clips generated together over all devices (rounded up to "
-                       "a multiple of the device count).", flag_values=fv)
+  flags.DEFINE_integer("per_device_batch_size", 4, "Clips each device generates together (a "
+                       "batch is this times the device count). Part of the job: on CPU a clip's "
+                       "rounding depends on how many rows a device computes together.",
+                       flag_values=fv)
   flags.DEFINE_float("seconds", 1.0, "Length of each clip in seconds, prompt included.",
                      flag_values=fv)
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", flag_values=fv)
@@ -210,7 +212,8 @@ def run(fv: flags.FlagValues) -> int:
                                        subtype=fv.subtype, loudness_dbfs=fv.loudness_dbfs).validate()
   job = {"workdir": os.path.abspath(fv.workdir), "step": step, "num_samples": fv.num_samples,
          "clip_seconds": fv.seconds, "seed": fv.seed, "temperature": fv.temperature,
-         "top_p": fv.top_p, "spectrograms": fv.spectrograms, **prompt_job,
+         "top_p": fv.top_p, "spectrograms": fv.spectrograms,
+         "per_device_batch_size": fv.per_device_batch_size, **prompt_job,
          **audio_output.options_record(options, sample_rate)}
   is_main = jax.process_index() == 0
   new_tokens = clip_frames * (2 if config.dataset.is_stereo else 1) - (
@@ -223,10 +226,10 @@ def run(fv: flags.FlagValues) -> int:
 
     result = sample_job.run_job(
         model, config, output_dir=output_dir, job=job, num_samples=fv.num_samples,
-        batch_size=fv.batch_size, clip_frames=clip_frames, prompts=prompts,
-        prompt_names=prompt_names, temperature=fv.temperature, top_p=fv.top_p, seed=fv.seed,
-        chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms, progress=progress,
-        output_options=options)
+        per_device_batch_size=fv.per_device_batch_size, clip_frames=clip_frames,
+        prompts=prompts, prompt_names=prompt_names, temperature=fv.temperature, top_p=fv.top_p,
+        seed=fv.seed, chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms,
+        progress=progress, output_options=options)
   if is_main:
     best = result.records[0]
     print(f"Wrote {result.generated} clips to {output_dir} ({result.skipped} already complete); "

@@ -29,7 +29,10 @@ setuptools.setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # tensorflow-datasets + array_record: tests/test_tfds.py builds and reads a local TFDS
+        # dataset (no TensorFlow needed).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+                 "tensorflow-datasets>=4.9", "array_record>=0.5"],
         "tfds": ["tensorflow-datasets>=4.9", "array_record>=0.5"],
         "tpu": ["jax[tpu]"],
         "demo-render": ["music21>=9"],

@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.test_fraction = 0.06  # 0 = no test split; too few files: split by time.
   config.dataset.num_workers = 0  # grain worker processes (0 = in the training process).
   config.dataset.verify_audio = "tail"  # tail | full (decode every file once before training).
+  # A prepared TFDS dataset (ArrayRecord) instead of dataset.path; see data/tfds_source.py.
+  config.dataset.tfds_name = ""  # e.g. "speech_commands"; "" = read dataset.path.
+  config.dataset.tfds_split = "train"  # the TFDS split(s) read, e.g. "train+validation".
+  config.dataset.tfds_data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets).
+  config.dataset.tfds_audio_key = "audio"  # the feature holding (frames,) or (frames, C) PCM.
 
   config.model = ml_collections.ConfigDict()
   config.model.layer = "s4"  # s4 (DPLR) | s4d (diagonal).

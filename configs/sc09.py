@@ -7,6 +7,18 @@ counts epochs; one evaluation here is ~1000 steps, about one SC09 epoch at batch
 
 Run (from the repository root; point dataset.path at the SC09 audio folder):
   python launch.py --config=configs/sc09.py --workdir=runs/sc09 --config.dataset.path=/data/sc09
+Through TFDS instead (`dataset.tfds_name`, see data/tfds_source.py): TFDS `speech_commands` is
+not SC09 as published. Its builder (tensorflow_datasets/datasets/speech_commands) keeps 12 labels,
+10 command words + `_silence_` + `_unknown_`, and files every digit word ("zero".."nine") under
+`_unknown_` with 15 other words, so the digits cannot be selected from it; and its audio is a
+`tfds.features.Audio`, which needs TensorFlow to prepare and to read. The route that works without
+TensorFlow: prepare the ten digit folders of Speech Commands v0.02 as your own TFDS dataset whose
+PCM is a `tfds.features.Tensor(shape=(None,), dtype=np.int16)` (tests/test_tfds.py builds one
+this way), with `file_format="array_record"`, then
+  python launch.py --config=configs/sc09.py --workdir=runs/sc09 --config.dataset.path= \
+      --config.dataset.tfds_name=sc09_digits --config.dataset.tfds_data_dir=/data/tfds \
+      --config.dataset.tfds_split=train+validation+test
+(the pipeline then splits by dataset.valid_fraction/test_fraction, like a folder).
 CPU-size variant on the bundled demo music (checks the plumbing, not SC09):
   python launch.py --config=configs/sc09.py:tiny --workdir=runs/sc09_tiny
 """

@@ -145,6 +145,19 @@ def find_problems(config, *, num_devices: int | None = None,
                     "data; their sum must be < 1.")
   _check_int(config, f"{d}.num_workers", problems, minimum=0)
   _check_choice(config, f"{d}.verify_audio", VERIFY_AUDIO, problems)
+  # TFDS fields (optional: configs saved before they existed lack them).
+  tfds = {name: config.dataset.get(name) for name in ("tfds_name", "tfds_split", "tfds_data_dir",
+                                                      "tfds_audio_key")}
+  for name, value in tfds.items():
+    if value is not None and not isinstance(value, str):
+      problems.append(f"{d}.{name}={value!r} must be a string.")
+  if isinstance(tfds["tfds_name"], str) and tfds["tfds_name"]:
+    for name in ("tfds_split", "tfds_audio_key"):
+      if not tfds[name]:
+        problems.append(f"{d}.{name} must be set when {d}.tfds_name is.")
+    if config.dataset.get("path"):
+      problems.append(f"{d}.path={config.dataset.path!r} and {d}.tfds_name="
+                      f"{tfds['tfds_name']!r} are both set; use one of them.")
   if is_stereo and sample_len is not None and block_frames is not None:
     # A last block shorter than N is allowed (stereo.py); a block longer than the clip is
     # just `blocking` under another name, almost always a units mistake (frames vs tokens).

@@ -303,12 +303,8 @@ def _local_rows(array: jax.Array) -> dict[int, np.ndarray]:
   return rows
 
 
-def global_batch_size(requested: int, device_count: int) -> int:
-  """`requested` rounded up to a multiple of the device count."""
-  return max(1, math.ceil(max(requested, 1) / device_count)) * device_count
-
-
-def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batch_size: int,
+def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
+            per_device_batch_size: int,
             clip_frames: int, prompts: Optional[np.ndarray] = None,
             prompt_names: Sequence[str] = (), temperature: float = 1.0, top_p: float = 1.0,
             seed: int = 0, chunk_tokens: int = 4096, spectrograms: bool = False,
@@ -323,7 +319,10 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
     output_dir: the job's folder (shared by all hosts).
     job: the arguments that determine the clips (recorded in job.json, compared on reruns).
     num_samples: clips 0..num_samples-1.
-    batch_size: clips generated together (rounded up to a multiple of the device count).
+    per_device_batch_size: clips each device generates together. Every batch (the last one
+      padded) gives each device this many rows, so a clip's arithmetic is the same whatever the
+      device or host count (XLA's CPU matmuls may round a row differently in another batch
+      shape).
     clip_frames: frames per clip, prompt included.
     prompts: optional int32 (n, P) stream tokens; clip i continues prompt i mod n.
     prompt_names: the n prompts' names, for the records.
@@ -361,7 +360,9 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
   if new_tokens < 1:
     raise ValueError(f"Nothing to generate: the prompt has {prompt_len} tokens and a clip "
                      f"{total_tokens}; raise --seconds or lower --prompt_seconds.")
-  batch = global_batch_size(min(batch_size, max(pending.size, 1)), mesh.devices.size)
+  if per_device_batch_size < 1:
+    raise ValueError(f"--per_device_batch_size must be >= 1, got {per_device_batch_size}.")
+  batch = per_device_batch_size * mesh.devices.size
   sample_rate = int(config.dataset.sample_rate)
   head = config.model.output_head
   head_kwargs = {"head": head, "bits": int(config.dataset.bits),
@@ -417,6 +418,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int, batc
         **job, **(metadata or {}), **audio_output.options_record(options, sample_rate),
         "prompt_tokens": prompt_len, **speed})
   _sync("sample_job_merged")
-  return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()), seconds=seconds,
+  return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()),
+                   seconds=seconds,
                    tokens_per_second=pending.size * new_tokens / max(seconds, 1e-9),
                    records=records, speed=speed)

@@ -80,8 +80,8 @@ def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
   config = stereo_config(strategy, frames)
   model = ChannelStub(frames, strategy)
   result = sample_job.run_job(model, config, output_dir=str(tmp_path), job={"s": strategy},
-                              num_samples=3, batch_size=2, clip_frames=frames, chunk_tokens=40,
-                              spectrograms=True)
+                              num_samples=3, per_device_batch_size=2, clip_frames=frames,
+                              chunk_tokens=40, spectrograms=True)
   assert (result.generated, result.written, result.skipped) == (3, 3, 0)
   for record in result.records:
     audio, rate = sf.read(tmp_path / record["file"], dtype="float32")
@@ -137,7 +137,7 @@ def test_prompted_generation_continues_the_prompt(tmp_path):
   prompt = sample.prompt_tokens(clip, config, frames)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
-                              num_samples=2, batch_size=2, clip_frames=frames,
+                              num_samples=2, per_device_batch_size=2, clip_frames=frames,
                               prompts=prompt[None], prompt_names=["prompt.wav"])
   expected_prompt = pipeline.decode_tokens(prompt, config.dataset)  # (10, 2)
   for record in result.records:
@@ -187,8 +187,8 @@ def test_prompt_folder_and_list_skip_bad_files_and_name_the_prompt_of_each_clip(
   assert tokens.shape == (2, 16)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
-                              num_samples=5, batch_size=4, clip_frames=frames, prompts=tokens,
-                              prompt_names=[p for p, _ in loaded])
+                              num_samples=5, per_device_batch_size=4, clip_frames=frames,
+                              prompts=tokens, prompt_names=[p for p, _ in loaded])
   by_index = {r["index"]: r for r in result.records}
   assert [pathlib.Path(by_index[i]["prompt"]).name for i in range(5)] == [
       "a2.wav", "a10.wav", "a2.wav", "a10.wav", "a2.wav"]
@@ -215,7 +215,7 @@ def test_rerun_skips_complete_clips_and_other_arguments_are_refused(tmp_path):
   config = stereo_config(strategy, frames)
   model = ChannelStub(frames, strategy)
   run = functools.partial(sample_job.run_job, model, config, output_dir=str(tmp_path),
-                          batch_size=2, clip_frames=frames)
+                          per_device_batch_size=2, clip_frames=frames)
   first = run(job={"seed": 0}, num_samples=3)
   assert (first.generated, first.skipped) == (3, 0)
   (tmp_path / "records" / "sample_001.json").unlink()  # as if killed before clip 1's record.
@@ -232,7 +232,7 @@ def test_rerun_skips_complete_clips_and_other_arguments_are_refused(tmp_path):
   (stale / "sample_000.wav").write_bytes(b"old")
   with pytest.raises(ValueError, match=r"holds samples of an unknown job \(no job.json\)"):
     sample_job.run_job(model, config, output_dir=str(stale), job={}, num_samples=1,
-                       batch_size=1, clip_frames=frames)
+                       per_device_batch_size=1, clip_frames=frames)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

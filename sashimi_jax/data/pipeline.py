@@ -33,6 +33,7 @@ import numpy as np
 from sashimi_jax.data import audio
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
+from sashimi_jax.data import tfds_source
 
 DEMO_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "demo_data")
@@ -63,6 +64,10 @@ class DataSettings:
   test_fraction: float
   num_workers: int
   verify_audio: str = "tail"
+  tfds_name: str = ""
+  tfds_split: str = "train"
+  tfds_data_dir: str = ""
+  tfds_audio_key: str = "audio"
 
   @classmethod
   def from_config(cls, dataset_cfg) -> "DataSettings":
@@ -89,6 +94,10 @@ class DataSettings:
         test_fraction=float(get("test_fraction", 0.06)),
         num_workers=int(get("num_workers", 0)),
         verify_audio=str(get("verify_audio", "tail")),
+        tfds_name=str(get("tfds_name", "") or ""),
+        tfds_split=str(get("tfds_split", "train") or "train"),
+        tfds_data_dir=str(get("tfds_data_dir", "") or ""),
+        tfds_audio_key=str(get("tfds_audio_key", "audio") or "audio"),
     )
     quantize.num_tokens(settings.bits)  # validates bits
     if settings.quantization not in quantize.METHODS:
@@ -214,8 +223,12 @@ def split_items(items: Sequence[Any], split: str, *, valid_fraction: float,
 
 
 def _probe_source(s: DataSettings, source: Any):
-  """Finds and probes the items of `source` (or `s.path`): (reader, usable infos, description)."""
+  """Finds and probes the items of `source` (or `s.tfds_name`, or `s.path`): (reader, usable
+  infos, description)."""
   where = s.path if source is None else source
+  if source is None and s.tfds_name:
+    where = tfds_source.TfdsAudio(s.tfds_name, split=s.tfds_split, data_dir=s.tfds_data_dir,
+                                  audio_key=s.tfds_audio_key)
   if isinstance(where, str) and where == "":
     where = DEMO_DATA_DIR
   is_file_list = isinstance(where, (list, tuple)) and all(
@@ -230,9 +243,10 @@ def _probe_source(s: DataSettings, source: Any):
       logging.info("Audio source %s: ignored %d file(s) without an audio extension (%s).",
                    description, ignored, ", ".join(audio.AUDIO_EXTENSIONS))
   elif hasattr(where, "__len__") and hasattr(where, "__getitem__"):
-    reader = audio.SequenceReader(where, s.sample_rate)
+    reader = audio.SequenceReader(where, getattr(where, "sample_rate", None) or s.sample_rate)
     keys = list(range(len(where)))
-    description = f"{type(where).__name__} of {len(keys)} items"
+    description = f"{where!r} of {len(keys)} items" if isinstance(
+        where, tfds_source.TfdsAudio) else f"{type(where).__name__} of {len(keys)} items"
   else:
     raise ValueError(f"dataset.path must be a folder, a file or a list of files, or pass a "
                      f"sequence of audio arrays as `source`; got {type(where).__name__}.")
@@ -324,8 +338,8 @@ def build_clip_source(dataset_cfg, split: str, *, source: Any = None) -> audio.A
   Args:
     dataset_cfg: `config.dataset` or `DataSettings`. `path` "" means the bundled demo data.
     split: `train`, `valid`/`validation` or `test`.
-    source: optional override of `dataset.path`: a folder, a file, a list of files, or a
-      random-access sequence of audio arrays (e.g. a TFDS `data_source`).
+    source: optional override of `dataset.path` / `dataset.tfds_name`: a folder, a file, a
+      list of files, or a random-access sequence of audio arrays (e.g. a TFDS `data_source`).
   """
   if split not in _SPLIT_ALIASES:
     raise ValueError(f"Unknown split {split!r}; valid: {', '.join(_SPLIT_ALIASES)}.")

@@ -1,0 +1,188 @@
+"""Where the recurrent sampler's time goes at batch 1, 16 and 32 (the 1.46M S4D model).
+
+Run (from the repository root):
+  python benchmarks/sampling_profile.py
+  python benchmarks/sampling_profile.py --batch_sizes=1,16 --num_tokens=1024
+
+Rows, all per scan step (one token per row), minimum of --repeats runs after a warm-up, wall and
+process-CPU milliseconds:
+  * model.step: `model.step` alone in a `lax.scan` (the U-Net levels, `lax.cond` between them);
+  * sampler: the inverse-CDF draw of one token per row from fixed logits (the head's share);
+  * static schedule: `model.step` unrolled 16 times per scan iteration with the level phase a
+    Python int, so every `lax.cond` is resolved at trace time (what a cond-free step would cost);
+    its outputs are checked against the dynamic step's;
+  * gemm (B,K)@(K,M): a matmul + tanh chain of the model's sizes, with its FLOP rate, which
+    shows how little a batch gains per row from XLA's CPU small-matrix dots;
+  * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 complex) alone, for the widths
+    of the model's levels (64, 128, 256), with its FLOP rate (~14 real FLOPs per state element).
+Prints a table and one JSON line. The machine may be shared: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import runpy
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))  # run from anywhere
+from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax.models.ssm import s4d  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "32"], "Batch sizes.")
+_NUM_TOKENS = flags.DEFINE_integer("num_tokens", 512, "Steps per timed run (multiple of 16).")
+_REPEATS = flags.DEFINE_integer("repeats", 4, "Timed runs (minimum reported).")
+
+
+def _best_ms(fn, steps: int, repeats: int) -> tuple[float, float]:
+  """Minimum wall and process-CPU milliseconds per step over `repeats` runs after a warm-up."""
+  jax.block_until_ready(fn())
+  wall = cpu = math.inf
+  for _ in range(repeats):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn())
+    wall = min(wall, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - start_cpu)
+  return wall / steps * 1e3, cpu / steps * 1e3
+
+
+@contextlib.contextmanager
+def _static_conds():
+  """`lax.cond` with a Python-bool predicate calls its branch directly (no conditional op)."""
+  original = jax.lax.cond
+
+  def cond(pred, true_fn, false_fn, *operands):
+    if isinstance(pred, (bool, np.bool_)):
+      return true_fn(*operands) if pred else false_fn(*operands)
+    return original(pred, true_fn, false_fn, *operands)
+
+  jax.lax.cond = cond
+  try:
+    yield
+  finally:
+    jax.lax.cond = original
+
+
+def main(argv):
+  del argv
+  config = runpy.run_path(str(_ROOT / "configs" / "mono.py"))["get_config"]("tiny")
+  model = build_model(config, nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  block = math.prod(config.model.pool)
+  steps = _NUM_TOKENS.value // block * block
+  repeats = _REPEATS.value
+  rows = []
+  print(f"load {os.getloadavg()}; model pool {tuple(config.model.pool)}, d_model "
+        f"{config.model.d_model}, d_state {config.model.d_state}")
+  print(f"{'what':>28} {'B':>3} {'wall ms':>9} {'cpu ms':>9} {'GFLOP/s':>8}")
+
+  def report(what, batch, wall_cpu, gflops=None):
+    rows.append({"what": what, "batch_size": batch, "wall_ms_per_step": round(wall_cpu[0], 5),
+                 "cpu_ms_per_step": round(wall_cpu[1], 5),
+                 **({"gflops": round(gflops, 1)} if gflops else {})})
+    print(f"{what:>28} {batch:>3} {wall_cpu[0]:9.4f} {wall_cpu[1]:9.4f} "
+          f"{'' if gflops is None else f'{gflops:8.1f}'}", flush=True)
+
+  for batch in [int(b) for b in _BATCH_SIZES.value]:
+    settings = sampling._Settings(  # pylint: disable=protected-access
+        spec=sampling.head_spec(model), batch_size=batch, temperature=1.0, top_p=1.0, unroll=1)
+
+    @jax.jit
+    def dynamic(params, batch=batch):
+      m = nnx.merge(graphdef, params)
+      rec = m.setup_recurrence()
+
+      def body(carry, _):
+        state, token = carry
+        out, state = m.step(rec, state, token)
+        return (state, (token + 1) % 256), out[:, 0]
+
+      init = (m.init_state(batch), jnp.zeros((batch,), jnp.int32))
+      return jax.lax.scan(body, init, None, length=steps)[1]
+
+    @jax.jit
+    def static(params, batch=batch):
+      m = nnx.merge(graphdef, params)
+      rec = m.setup_recurrence()
+
+      def body(carry, _):
+        state, token = carry
+        outs = []
+        for phase in range(block):  # t mod prod(pool) is all the level schedule needs.
+          out, state = m.step(rec, {"t": phase, "level": state["level"]}, token)
+          token = (token + 1) % 256
+          outs.append(out[:, 0])
+        return (state, token), jnp.stack(outs)
+
+      init = (m.init_state(batch), jnp.zeros((batch,), jnp.int32))
+      return jax.lax.scan(body, init, None, length=steps // block)[1]
+
+    @jax.jit
+    def sampler(logits, settings=settings):
+      def body(shift, uniform):
+        token, _, _ = sampling._sample_rows(  # pylint: disable=protected-access
+            settings, uniform, logits + shift[:, None])
+        return shift + token.astype(jnp.float32) * 1e-6, token
+      uniforms = jax.random.uniform(jax.random.key(0), (steps, batch))
+      return jax.lax.scan(body, jnp.zeros((batch,)), uniforms)[1]
+
+    report("model.step (lax.cond)", batch, _best_ms(lambda: dynamic(params), steps, repeats))
+    with _static_conds():
+      static_ms = _best_ms(lambda: static(params), steps, repeats)
+      difference = float(np.abs(np.asarray(dynamic(params)) -
+                                np.asarray(static(params)).reshape(steps, batch)).max())
+    report("model.step (static sched.)", batch, static_ms)
+    if difference > 1e-4:
+      raise AssertionError(f"static schedule differs from the step by {difference}")
+    logits = jax.random.normal(jax.random.key(1), (batch, model.output_dim))
+    report("sampler (inverse CDF)", batch, _best_ms(lambda: sampler(logits), steps, repeats))
+    for k, m in ((64, 128), (128, 256)):
+      w1 = jax.random.normal(jax.random.key(2), (k, m)) * 0.05
+      w2 = jax.random.normal(jax.random.key(3), (m, k)) * 0.05
+
+      @jax.jit
+      def gemm(x, w1=w1, w2=w2):
+        return jax.lax.scan(lambda x, _: (jnp.tanh(x @ w1) @ w2, None), x, None,
+                            length=steps)[0]
+
+      x = jnp.full((batch, k), 0.1)
+      ms = _best_ms(lambda: gemm(x), steps, repeats)
+      report(f"gemm ({batch},{k})@({k},{m})x2", batch, ms, 4.0 * batch * k * m / (ms[0] * 1e6))
+    half_state = int(config.model.d_state) // 2
+    for width in (64, 128, 256):
+      keys = jax.random.split(jax.random.key(4), 6)
+      parts = [jax.random.uniform(k, (width, half_state)) for k in keys]
+      rec = {"A_bar": (0.5 * parts[0], 0.5 * parts[1]), "B_bar": (parts[2], parts[3]),
+             "C": (parts[4], parts[5])}
+
+      @jax.jit
+      def layer(u, rec=rec, width=width):
+        def body(carry, _):
+          state, u = carry
+          y, state = s4d.s4d_step(rec, state, u)
+          return (state, jnp.tanh(y)), None
+        zero = jnp.zeros((u.shape[0], width, half_state))
+        return jax.lax.scan(body, ((zero, zero), u), None, length=steps)[0][1]
+
+      u = jnp.ones((batch, width))
+      ms = _best_ms(lambda: layer(u), steps, repeats)
+      report(f"s4d_step H={width}", batch, ms, 14.0 * batch * width * half_state / (ms[0] * 1e6))
+  print(json.dumps({"benchmark": "sampling_profile", "num_tokens": steps,
+                    "load": os.getloadavg(), "rows": rows}))
+
+
+if __name__ == "__main__":
+  app.run(main)
