@@ -208,8 +208,9 @@ def run(fv: flags.FlagValues) -> int:
   clip_frames = int(round(fv.seconds * sample_rate))
   prompts, prompt_names, prompt_job = _prompt_tokens(fv, config, clip_frames)
   output_dir = fv.output_dir or os.path.join(fv.workdir, "samples")
-  options = audio_output.OutputOptions(output_rate_hz=fv.output_rate, file_format=fv.format,
-                                       subtype=fv.subtype, loudness_dbfs=fv.loudness_dbfs).validate()
+  options = audio_output.OutputOptions(
+      output_rate_hz=fv.output_rate, file_format=fv.format, subtype=fv.subtype,
+      loudness_dbfs=fv.loudness_dbfs).validate()
   job = {"workdir": os.path.abspath(fv.workdir), "step": step, "num_samples": fv.num_samples,
          "clip_seconds": fv.seconds, "seed": fv.seed, "temperature": fv.temperature,
          "top_p": fv.top_p, "spectrograms": fv.spectrograms,

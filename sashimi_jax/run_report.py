@@ -32,26 +32,37 @@ def _to_dict(config) -> dict:
   return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
+def _size(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
 def parameter_counts(params: Mapping[str, Any]) -> dict[str, int]:
-  """Parameters per part of the model: top-level modules, U-Net lists split by level index.
+  """Parameters per part of the model: embedding, each U-Net level, the center, norm, head.
+
+  The U-Net is nested (`level` holds its pools and stages and the deeper level under `inner`):
+  level k counts its own down/up pools and stages, "center" the innermost stage.
 
   Args:
     params: the model's parameters as a pure nested dict of arrays (or ShapeDtypeStructs).
 
   Returns:
-    {"embedding": n, "down_pools.0": n, "center_layers": n, ...} in the tree's order.
+    {"embedding": n, "level 0": n, "level 1": n, "center": n, "norm": n, "head": n} in that
+    order (other top-level entries by their own names, before norm).
   """
   counts: dict[str, int] = {}
   for top, subtree in params.items():
-    if isinstance(subtree, Mapping) and subtree and all(str(k).isdigit() for k in subtree) and (
-        str(top).endswith(("_layers", "_pools"))) and str(top) != "center_layers":
-      groups = {f"{top}.{k}": v for k, v in subtree.items()}
-    else:
-      groups = {str(top): subtree}
-    for name, tree in groups.items():
-      import jax  # pylint: disable=g-import-not-at-top
-      counts[name] = int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))
-  return counts
+    if str(top) != "level" or not isinstance(subtree, Mapping):
+      counts[str(top)] = _size(subtree)
+      continue
+    level, node = 0, subtree
+    while isinstance(node, Mapping) and "inner" in node:
+      counts[f"level {level}"] = _size({k: v for k, v in node.items() if k != "inner"})
+      node, level = node["inner"], level + 1
+    counts["center"] = _size(node)
+  # Data-flow order: the embedding, the U-Net from the outside in, then norm and head.
+  rank = {"embedding": 0, "norm": 2, "head": 3}
+  return dict(sorted(counts.items(), key=lambda kv: rank.get(kv[0], 1)))
 
 
 def write_config_json(config, workdir: str) -> str:
@@ -65,7 +76,8 @@ def write_config_json(config, workdir: str) -> str:
 
 
 def config_changes(saved: Mapping[str, Any], current) -> list[str]:
-  """Lines `name: old -> new` for every field that differs between a saved and the current config."""
+  """Lines `name: old -> new` for every field that differs between a saved and the current
+  config."""
   old, new = flatten(saved), flatten(_to_dict(current))
   lines = []
   for name in sorted(set(old) | set(new)):
@@ -148,7 +160,8 @@ def start_block(config, *, params, mesh, sources, workdir: str, config_path: str
   flat = flatten(_to_dict(config))
   lines.append("config" + (f" (saved to {config_path})" if config_path else "") + ":")
   for section in ("dataset", "model", "train"):
-    items = [f"{k[len(section) + 1:]}={v!r}" for k, v in flat.items() if k.startswith(section + ".")]
+    prefix = section + "."
+    items = [f"{k[len(prefix):]}={v!r}" for k, v in flat.items() if k.startswith(prefix)]
     lines.append(f"  {section}: " + ", ".join(items))
   others = [f"{k}={v!r}" for k, v in flat.items() if "." not in k]
   if others:

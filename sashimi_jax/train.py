@@ -336,10 +336,10 @@ def _compile_train_step(train_step, state, mesh, batch_shape, *, verbose: bool):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates, checkpoints.
 
-  Prints (process 0) a start block (parameters per part, devices and mesh, the data per split,
-  the resolved config, also written to WORKDIR/config.json), the compile time, each checkpoint
-  and, on resume, the config fields that changed. A run already at train.num_steps prints one
-  line and writes nothing. A start that fails leaves no empty folders behind.
+  Prints (process 0) a start block (parameters per U-Net level, devices and mesh, the data per
+  split, the resolved config, also written to WORKDIR/config.json), the compile time, each
+  checkpoint and, on resume, the config fields that changed. A run already at train.num_steps
+  prints one line and writes nothing. A start that fails leaves no empty folders behind.
 
   Args:
     config: a validated-or-not ConfigDict (validated here before anything is built).

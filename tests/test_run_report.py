@@ -48,7 +48,7 @@ def test_one_file_trains_reports_itself_and_a_finished_rerun_writes_nothing(tmp_
   total = sum(int(np.prod(x.shape)) for x in
               __import__("jax").tree_util.tree_leaves(nnx.state(model, nnx.Param)))
   assert f"parameters: {total:,} (" in out, out
-  assert "center_layers" in out and "up_pools.0" in out
+  assert "level 0 " in out and "center " in out
   assert "devices: 1 x cpu" in out and "mesh data=1" in out
   assert "too few files, so each file is split by time" in out
   assert "valid: 1 file(s)" in out and "ONE_FILE.wav [0.88-0.94 s]" in out, out
@@ -102,12 +102,18 @@ def test_help_lists_config_fields_with_comments_and_exits_0():
   assert "--workdir" in result.stdout
 
 
-def test_parameter_counts_group_levels_and_sum_to_the_total():
-  params = {"embedding": {"embedding": np.zeros((256, 8))},
-            "down_pools": {"0": {"w": np.zeros((4, 4))}, "1": {"w": np.zeros((2, 3))}},
-            "center_layers": {"0": {"w": np.zeros(5)}, "1": {"w": np.zeros(5)}}}
-  assert run_report.parameter_counts(params) == {
-      "embedding": 2048, "down_pools.0": 16, "down_pools.1": 6, "center_layers": 10}
+def test_parameter_counts_per_level_sum_to_the_model_total():
+  import runpy  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(str(ROOT / "configs" / "stereo_temporal.py"))["get_config"]("tiny")
+  config.model.unet = True
+  params = nnx.to_pure_dict(nnx.state(state_lib.build_model(config, nnx.Rngs(0)), nnx.Param))
+  counts = run_report.parameter_counts(params)
+  assert list(counts) == ["embedding", "level 0", "level 1", "center", "norm", "head"]
+  total = sum(int(np.prod(x.shape)) for x in __import__("jax").tree_util.tree_leaves(params))
+  assert sum(counts.values()) == total
+  assert counts["embedding"] == 256 * 64 and counts["norm"] == 2 * 64
+  # The deeper level is wider (x expand): more parameters than the outer one.
+  assert counts["center"] > counts["level 1"] > counts["level 0"]
 
 
 def test_data_lines_name_resampled_and_down_mixed_files(tmp_path):
