@@ -116,7 +116,7 @@ def test_sample_py_writes_44100_hz_flac(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, "sample.py", f"--workdir={workdir}", f"--output_dir={out}",
-       "--num_samples=2", "--batch_size=2", "--seconds=0.02", "--output_rate=44100",
+       "--num_samples=2", "--per_device_batch_size=2", "--seconds=0.02", "--output_rate=44100",
        "--format=flac", "--spectrograms", "--compilation_cache_dir="],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -76,6 +76,15 @@ def test_one_file_trains_reports_itself_and_a_finished_rerun_writes_nothing(tmp_
   assert "train.learning_rate: 0.001 -> 0.002" in more.stdout
   assert "train.num_steps: 2 -> 3" in more.stdout
 
+  # No validation split at all (valid_fraction=0 is allowed): trains, never evaluates.
+  no_valid = tmp_path / "no_valid"
+  result = _launch(no_valid, cache_dir, f"--config.dataset.path={one_file}",
+                   "--config.train.num_steps=2", "--config.dataset.valid_fraction=0",
+                   "--config.dataset.test_fraction=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "no validation split" in result.stderr and "train: 1 file(s), 1.0 s" in result.stdout
+  assert "eval/" not in result.stdout and (no_valid / "checkpoints" / "2").is_dir()
+
 
 def test_failed_starts_leave_no_folders(tmp_path):
   empty = tmp_path / "empty"
