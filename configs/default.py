@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.dt_min = 1e-3  # range of the initial log-uniform SSM step size ...
   config.model.dt_max = 1e-1  # ... dt.
   config.model.conv_impl = "auto"  # auto (per platform) | fft | fft_freq | chunked.
+  config.model.remat = "none"  # none | block (recompute each residual block in the backward pass).
+  config.model.compute_dtype = "float32"  # float32 | bfloat16 (activations; params stay float32).
   config.model.output_head = "categorical"  # categorical | dml.
   config.model.n_mixtures = 10  # DML only.
 

@@ -40,7 +40,9 @@ BEST_METRIC = "eval/bits_per_token"
 # with other values cannot be continued. Everything else (lr, steps, logging, ...) may change.
 _COMPATIBILITY_PREFIXES = ("model.", "dataset.")
 _COMPATIBILITY_FIELDS = ("seed", "train.batch_size")
-_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers", "dataset.verify_audio")
+# remat and compute_dtype change how the step computes, not the parameters: a run may switch.
+_COMPATIBILITY_EXCEPTIONS = ("dataset.num_workers", "dataset.verify_audio", "model.remat",
+                             "model.compute_dtype")
 # Version of the parameter tree's layout, saved with the config (key PARAM_LAYOUT_KEY). 1: one
 # module per residual block (no key saved); 2: each stage's blocks stacked on a layer axis.
 PARAM_LAYOUT = 2

@@ -16,6 +16,8 @@ from sashimi_jax.data import audio
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
 from sashimi_jax.models import s4
+from sashimi_jax.models import sashimi
+from sashimi_jax.models import stage
 from sashimi_jax.models.ssm import discretize
 
 # Each list of allowed values is declared by the module that implements it.
@@ -27,6 +29,8 @@ SCHEDULES = optim.SCHEDULES
 DISCRETIZATIONS = discretize.DISCRETIZATIONS
 CONV_IMPLS = s4.CONV_IMPLS
 VERIFY_AUDIO = audio.VERIFY_AUDIO
+REMATS = stage.REMATS
+COMPUTE_DTYPES = sashimi.COMPUTE_DTYPES
 MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 
@@ -204,6 +208,8 @@ def find_problems(config, *, num_devices: int | None = None,
   if dt_min is not None and dt_max is not None and dt_min > dt_max:
     problems.append(f"{m}.dt_min={dt_min} must be <= {m}.dt_max={dt_max}.")
   _check_choice(config, f"{m}.conv_impl", CONV_IMPLS, problems)
+  _check_choice(config, f"{m}.remat", REMATS, problems)
+  _check_choice(config, f"{m}.compute_dtype", COMPUTE_DTYPES, problems)
   head = _check_choice(config, f"{m}.output_head", OUTPUT_HEADS, problems)
   n_mixtures = _check_int(config, f"{m}.n_mixtures", problems, minimum=1)
   del n_mixtures, head

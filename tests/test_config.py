@@ -129,6 +129,8 @@ def test_batch_not_divisible_by_devices():
     ("model.disc", "euler", "model.disc='euler' is unknown"),
     ("model.init", "legs", "model.init='legs' does not fit layer='s4d'"),
     ("model.final_act", "relu", "model.final_act='relu' is unknown"),
+    ("model.remat", "full", "model.remat='full' is unknown"),
+    ("model.compute_dtype", "float16", "model.compute_dtype='float16' is unknown"),
     ("model.dt_min", 0.5, "model.dt_min=0.5 must be <= model.dt_max=0.1"),
     ("dataset.valid_fraction", -0.1, "dataset.valid_fraction=-0.1 must be >= 0.0"),
     ("train.learning_rate", float("nan"), "train.learning_rate=nan must be a finite number"),

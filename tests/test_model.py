@@ -155,7 +155,8 @@ def _tiny_config(is_stereo, sample_len=4096):
   config.model.update(dict(
       layer="s4d", d_model=8, n_layers=1, pool=[4, 4], expand=2, ff=2, unet=False, d_state=8,
       n_ssm=1, dropout=0.0, final_act="glu", init="diag-lin", disc="zoh", dt_min=1e-3,
-      dt_max=1e-1, output_head="categorical", n_mixtures=10))
+      dt_max=1e-1, conv_impl="auto", remat="none", compute_dtype="float32",
+      output_head="categorical", n_mixtures=10))
   return config
 
 

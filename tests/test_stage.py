@@ -25,20 +25,26 @@ def _relative_error(reference, other):
   return float(np.linalg.norm(reference - other) / np.linalg.norm(reference))
 
 
-def _stage(ff, dropout=0.0):
-  return Stage(8, n_layers=3, ff=ff, dropout=dropout, l_max=32, layer="s4d", d_state=8, n_ssm=1,
-               final_act="glu", init="diag-lin", disc="zoh", dt_min=1e-3, dt_max=1e-1,
-               rngs=nnx.Rngs(0))
+def _stage(ff, dropout=0.0, remat="none"):
+  return Stage(8, n_layers=3, ff=ff, dropout=dropout, remat=remat, l_max=32, layer="s4d",
+               d_state=8, n_ssm=1, final_act="glu", init="diag-lin", disc="zoh", dt_min=1e-3,
+               dt_max=1e-1, rngs=nnx.Rngs(0))
 
 
 def _loop(stage, x, skips=None, keys=None, step=None):
-  """The stage's pairs applied one by one (convolution mode, or one recurrent step)."""
+  """The stage's pairs applied one by one (convolution mode, or one recurrent step).
+
+  keys: per-layer dropout keys; layer i's S4 and FF blocks use the two halves of split(keys[i]).
+  """
   new_states, s4_out = [], []
   for i in range(stage.n_layers):
     pair = stage.pair(i)
-    rngs = None if keys is None else nnx.Rngs(dropout=keys[i])
+    s4_rngs = ff_rngs = None
+    if keys is not None:
+      s4_key, ff_key = jax.random.split(keys[i])
+      s4_rngs, ff_rngs = nnx.Rngs(dropout=s4_key), nnx.Rngs(dropout=ff_key)
     if step is None:
-      x = pair.s4(x, deterministic=keys is None, rngs=rngs)
+      x = pair.s4(x, deterministic=keys is None, rngs=s4_rngs)
     else:
       rec, state = step
       x, st = pair.s4.step(jax.tree.map(lambda a: a[i], rec), jax.tree.map(lambda a: a[i], state),
@@ -48,7 +54,7 @@ def _loop(stage, x, skips=None, keys=None, step=None):
       x = x + skips[0][i]
     s4_out.append(x)
     if pair.ff is not None:
-      x = pair.ff(x, deterministic=keys is None, rngs=rngs)
+      x = pair.ff(x, deterministic=keys is None, rngs=ff_rngs)
       if skips is not None:
         x = x + skips[1][i]
   return x, new_states, jnp.stack(s4_out)
@@ -138,3 +144,45 @@ def test_unet_skips_follow_the_reference_stack(ff):
   tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 32)
   reference, scanned = _jit(lambda m, t: (_reference_unet(m, t), m(t)), model)(tokens)
   assert _relative_error(reference, scanned) <= TOLERANCE
+
+
+def _lm(**kwargs):
+  args = dict(num_tokens=32, output_dim=32, d_model=8, n_layers=2, pool=(2, 2), expand=2, ff=2,
+              unet=True, dropout=0.1, layer="s4d", d_state=8, final_act="glu", disc="zoh",
+              l_max=32, rngs=nnx.Rngs(0))
+  args.update(kwargs)
+  return SaShiMiLM(**args)
+
+
+def test_remat_changes_no_loss_or_gradient():
+  model = _lm(pool=(2,), d_state=4)
+  params = nnx.state(model, nnx.Param)
+  tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 32)
+
+  def loss_and_grads(remat):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: _lm(pool=(2,), d_state=4, remat=remat)))
+
+    @jax.jit
+    def run(params, tokens):
+      def loss(params):
+        logits = nnx.merge(graphdef, params)(tokens, deterministic=False,
+                                             rngs=nnx.Rngs(dropout=3))
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, tokens[..., None], -1)[..., 0])
+      return jax.value_and_grad(loss)(params)
+
+    return run(params, tokens)
+
+  loss, grads = loss_and_grads("none")
+  loss_remat, grads_remat = loss_and_grads("block")
+  assert abs(float(loss_remat) - float(loss)) <= 1e-6 * abs(float(loss))
+  flat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+  flat_remat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads_remat)])
+  chex.assert_equal(flat.shape, flat_remat.shape)
+  assert float(jnp.linalg.norm(flat)) > 0
+  assert _relative_error(flat, flat_remat) <= 1e-6
+
+
+def test_bad_remat_is_rejected():
+  with pytest.raises(ValueError, match="remat"):
+    _stage(2, remat="everything")

@@ -45,6 +45,9 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
       dt_min=m.dt_min,
       dt_max=m.dt_max,
       conv_impl=m.conv_impl,
+      # Absent from configs saved before these options existed: the model's defaults.
+      remat=getattr(m, "remat", "none"),
+      compute_dtype=getattr(m, "compute_dtype", "float32"),
       l_max=l_max,
       rngs=rngs,
   )

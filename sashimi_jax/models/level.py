@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from sashimi_jax.models import layers
@@ -131,13 +132,15 @@ class Level(nnx.Module):
     else:
       z, last = x, x
     slot = (t // self.rate_tokens) % self.pool  # position within this level's pooling block
+    # The pool buffers are float32 state; activations keep the compute dtype of x.
     ring = self.down_pool.push(state["down_pool"], z, slot)
-    emitted = self.up_pool.emit(state["up_pool"], slot)
+    emitted = self.up_pool.emit(state["up_pool"], slot).astype(x.dtype)
 
     def run_deeper(operands):
-      ring, _, inner_state = operands
-      y, inner_state = self.inner.step(t, rec["next"], inner_state, self.down_pool.project(ring))
-      return self.up_pool.refill(y), inner_state
+      ring, up_buffer, inner_state = operands
+      pooled = self.down_pool.project(ring.astype(x.dtype))
+      y, inner_state = self.inner.step(t, rec["next"], inner_state, pooled)
+      return self.up_pool.refill(y).astype(up_buffer.dtype), inner_state
 
     def skip_deeper(operands):
       _, up_buffer, inner_state = operands
@@ -166,8 +169,8 @@ class Level(nnx.Module):
                      else stage.init_state(batch_size))
     start = (steps // self.pool) * self.pool
     # Ring slots past `steps` hold padding inputs; they are overwritten before use.
-    state["down_pool"] = captured["down_pool"][:, start:start + self.pool]
-    state["up_pool"] = captured["up_pool"][:, start:start + self.pool]
+    state["down_pool"] = captured["down_pool"][:, start:start + self.pool].astype(jnp.float32)
+    state["up_pool"] = captured["up_pool"][:, start:start + self.pool].astype(jnp.float32)
     state["next"] = self.inner.prefill_state(rec["next"], captured["next"], prompt_tokens,
                                              batch_size)
     return state

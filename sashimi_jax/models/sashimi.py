@@ -25,6 +25,8 @@ from flax import nnx
 from sashimi_jax.models import layers
 from sashimi_jax.models import level as level_lib
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 
 class SaShiMiLM(nnx.Module):
   """Token embedding -> SaShiMi backbone -> LayerNorm -> Linear(d_model, output_dim).
@@ -34,7 +36,11 @@ class SaShiMiLM(nnx.Module):
 
   Each S4 layer at level k gets l_max / prod(pool[:k]) as its kernel length; `n_ssm=None` gives
   every S4 layer one SSM per channel; `init`/`disc` None take S4Block's per-layer defaults;
-  `conv_impl` is how S4Block computes its convolution (models/s4.py CONV_IMPLS).
+  `conv_impl` is how S4Block computes its convolution (models/s4.py CONV_IMPLS); `remat` is the
+  stages' rematerialisation in convolution mode (models/stage.py REMATS); `compute_dtype`
+  ("float32" or "bfloat16") is the dtype of activations, embeddings, linear layers and GLU/GELU,
+  with float32 parameters, SSM kernels, FFT convolution, LayerNorm statistics, outputs and
+  recurrent state.
   """
 
   def __init__(
@@ -58,6 +64,8 @@ class SaShiMiLM(nnx.Module):
       dt_min: float = 1e-3,
       dt_max: float = 1e-1,
       conv_impl: str = "auto",
+      remat: str = "none",
+      compute_dtype: str = "float32",
       l_max: int,
       rngs: nnx.Rngs,
   ):
@@ -74,6 +82,10 @@ class SaShiMiLM(nnx.Module):
       raise ValueError(
           f"l_max (tokens) must be a positive multiple of prod(pool)={math.prod(pool)}, got {l_max}"
       )
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"unknown compute_dtype {compute_dtype!r}; expected one of "
+                       f"{COMPUTE_DTYPES}")
+    self.compute_dtype = compute_dtype
     self.pool = pool
     self.unet = bool(unet)
     self.num_tokens = num_tokens
@@ -88,7 +100,8 @@ class SaShiMiLM(nnx.Module):
 
     def stage_options(k):
       width = widths[k]
-      return dict(n_layers=n_layers, ff=ff, dropout=dropout, l_max=l_max // self.rate_frames[k],
+      return dict(n_layers=n_layers, ff=ff, dropout=dropout, remat=remat,
+                  l_max=l_max // self.rate_frames[k],
                   n_ssm=width if n_ssm is None else n_ssm, **block_options)
 
     # torch nn.Embedding initialisation: N(0, 1).
@@ -134,9 +147,9 @@ class SaShiMiLM(nnx.Module):
     padded = -(-frames // block) * block
     if padded != frames:  # causal: right padding cannot change earlier outputs.
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - frames)))
-    x = self.embedding(tokens).astype(jnp.float32)
+    x = self.embedding(tokens).astype(self.compute_dtype)
     y, captured = self.level(x, deterministic=deterministic, rngs=rngs, capture=capture)
-    return self.head(self.norm(y))[:, :frames], captured
+    return self.head(self.norm(y))[:, :frames].astype(jnp.float32), captured
 
   # ----------------------------------------------------------------------------------------------
   # Recurrent mode.
@@ -167,9 +180,10 @@ class SaShiMiLM(nnx.Module):
 
     Pure; meant to run inside `jax.lax.scan`. Output equals `__call__` at the same position.
     """
-    x = self.embedding(tokens).astype(jnp.float32)
+    x = self.embedding(tokens).astype(self.compute_dtype)
     y, level_state = self.level.step(state["t"], rec, state["level"], x)
-    return self.head(self.norm(y)), {"t": state["t"] + 1, "level": level_state}
+    outputs = self.head(self.norm(y)).astype(jnp.float32)
+    return outputs, {"t": state["t"] + 1, "level": level_state}
 
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.

@@ -24,6 +24,13 @@ from sashimi_jax.models.s4 import S4Block
 # (optim.py reads this name to tell a stacked vector from a matrix).
 STACK = "layer_stack"
 
+# Rematerialisation (model.remat) of the convolution-mode forward pass, as jax.checkpoint policies
+# applied to each residual block: "none" saves what autodiff saves (every block's intermediates,
+# ~100 KB per token at the SC09 size); "block" keeps only each residual block's input (the scan
+# carry between blocks) and recomputes the block in the backward pass.
+REMAT_POLICIES = {"none": None, "block": jax.checkpoint_policies.nothing_saveable}
+REMATS = tuple(REMAT_POLICIES)
+
 
 class LayerPair(nnx.Module):
   """One (S4, FF) residual pair: x -> ResidualBlock(S4Block) -> ResidualBlock(FFBlock) (if ff).
@@ -58,16 +65,20 @@ class Stage(nnx.Module):
     n_layers: number of pairs (the scanned axis).
     ff: FF expansion (0: no FF blocks).
     dropout: dropout rate of every block.
+    remat: rematerialisation policy of the convolution mode (REMATS).
     rngs: initialisation randomness (split over the layers).
     **block_options: S4Block keyword arguments (l_max, layer, d_state, ...).
   """
 
   def __init__(self, width: int, *, n_layers: int, ff: int, dropout: float, rngs: nnx.Rngs,
-               **block_options):
+               remat: str = "none", **block_options):
     if n_layers < 1:
       raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat {remat!r}; expected one of {REMATS}")
     self.n_layers = n_layers
     self.has_ff = ff > 0
+    self.remat = remat
 
     @nnx.split_rngs(splits=n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -116,26 +127,43 @@ class Stage(nnx.Module):
     Returns:
       (y (B, L, H), PairOutputs with the `collect` fields filled).
     """
-    graphdef, params = self._split()
+    stack = getattr(self, STACK)
+    s4_def, s4_params = nnx.split(stack.s4)
+    ff_def, ff_params = nnx.split(stack.ff) if self.has_ff else (None, None)
     keys = self._dropout_keys(deterministic, rngs)
 
+    def block_rngs(key):
+      return None if key is None else nnx.Rngs(dropout=key)
+
+    def s4_block(params, x, key):
+      block = nnx.merge(s4_def, params)
+      return block.call_with_layer_input(x, deterministic=deterministic, rngs=block_rngs(key))
+
+    def ff_block(params, x, key):
+      return nnx.merge(ff_def, params)(x, deterministic=deterministic, rngs=block_rngs(key))
+
+    policy = REMAT_POLICIES[self.remat]
+    if self.remat != "none":
+      # prevent_cse=False: inside a scan the recomputation cannot be merged with the forward.
+      s4_block = jax.checkpoint(s4_block, policy=policy, prevent_cse=False)
+      ff_block = jax.checkpoint(ff_block, policy=policy, prevent_cse=False)
+
     def body(x, xs):
-      p, key, skip = xs
-      pair = nnx.merge(graphdef, p)
-      block_rngs = None if key is None else nnx.Rngs(dropout=key)
+      s4_p, ff_p, key, skip = xs
+      s4_key, ff_key = (None, None) if key is None else tuple(jax.random.split(key))
       outs = {}
-      x, z = pair.s4.call_with_layer_input(x, deterministic=deterministic, rngs=block_rngs)
+      x, z = s4_block(s4_p, x, s4_key)
       if skip is not None:
         x = x + skip[0]
       outs["s4_in"], outs["s4_out"] = z, x
-      if pair.ff is not None:
-        x = pair.ff(x, deterministic=deterministic, rngs=block_rngs)
+      if ff_p is not None:
+        x = ff_block(ff_p, x, ff_key)
         if skip is not None:
           x = x + skip[1]
         outs["ff_out"] = x
       return x, {name: outs[name] for name in collect if name in outs}
 
-    y, outs = jax.lax.scan(body, x, (params, keys, skips))
+    y, outs = jax.lax.scan(body, x, (s4_params, ff_params, keys, skips))
     return y, PairOutputs(**outs)
 
   # ----------------------------------------------------------------------------------------------
@@ -151,7 +179,8 @@ class Stage(nnx.Module):
 
   def prefill_state(self, rec: Any, s4_in: jax.Array) -> Any:
     """States after the S4 layers consumed their stacked inputs s4_in (n_layers, B, L, H)."""
-    return self._map_pairs(lambda pair, r, z: pair.s4.prefill_state(r, z), rec, s4_in)
+    return self._map_pairs(lambda pair, r, z: pair.s4.prefill_state(r, z), rec,
+                           s4_in.astype(jnp.float32))
 
   def step(self, rec: Any, state: Any, x: jax.Array, *, skips: Any = None,
            collect: tuple[str, ...] = ()) -> tuple[jax.Array, Any, PairOutputs]:
