@@ -14,6 +14,11 @@ and L in --lengths tokens. Columns: TPU v5e AOT FLOPs and bytes accessed per tok
 memory (compile-only devices, XLA's cost and memory analysis of the compiled program), CPU
 seconds per token (minimum wall time of --repeats warm runs) and compiled CPU peak memory.
 Prints a table and a JSON line.
+
+XLA's cost analysis counts the body of a while loop once (checked: a 10-step scan of a matmul
+reports one matmul), so loops are undercounted: the chunk scan (L / C - 1 steps; its dense
+N x N DPLR step is ~1/4 of chunked's FLOPs), the DPLR dense solve's N-step loop, and the
+`fft` path's Cauchy lax.map over node chunks.
 """
 
 from __future__ import annotations

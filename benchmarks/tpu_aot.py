@@ -51,6 +51,7 @@ def compile_case(config, topology_name: str) -> dict:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from sashimi_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from sashimi_jax.models import s4  # pylint: disable=g-import-not-at-top
   from sashimi_jax import state as state_lib  # pylint: disable=g-import-not-at-top
 
   topology = topologies.get_topology_desc(
@@ -63,6 +64,8 @@ def compile_case(config, topology_name: str) -> dict:
     config.dataset.sample_len = _SAMPLE_LEN.value
   if _CONV_IMPL.value:
     config.model.conv_impl = _CONV_IMPL.value
+  # `auto` resolves for the tracing host's backend (CPU here): resolve it for the TPU target.
+  config.model.conv_impl = s4.resolve_conv_impl(config.model.conv_impl, "tpu")
   config.train.shard_optimizer_state = _SHARD_OPT.value
   config_lib.validate(config, num_devices=num_chips)
   mesh = sharding.create_mesh(devices)

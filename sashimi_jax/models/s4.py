@@ -32,13 +32,23 @@ DEFAULT_DISC = {"s4": "bilinear", "s4d": "zoh"}
 INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
 # How the long convolution is computed (see README "Speed"): "fft" builds the kernel in time and
 # uses three FFTs; "fft_freq" evaluates the kernel's spectrum directly (two FFTs); "chunked" passes
-# the SSM state between chunks (matmuls, no FFT); "auto" picks per platform at lowering time.
+# the SSM state between chunks (matmuls, no FFT); "auto" picks for jax.default_backend() when
+# traced (an AOT compile for another platform resolves it first: benchmarks/tpu_aot.py). Not
+# lax.platform_dependent: under autodiff a switch pads each branch's residuals with zeros shaped
+# like the others', which scanned layers can materialise (SC09 on TPU read 7.6 GiB/chip with it).
 CONV_IMPLS = ("auto", "fft", "fft_freq", "chunked")
 # Chosen by benchmarks/conv_cost.py and model_speed.py (README "Speed"): TPUs lower FFTs to DFT
 # matmuls, so chunks win there; on CPU chunks were 5% slower in the whole train step.
 AUTO_CONV_IMPL = {"tpu": "chunked", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
 DEFAULT_CHUNK_TOKENS = 64
 CHUNK_TOKENS = {"tpu": 64, "cpu": 64, "cuda": 64, "rocm": 64}
+
+
+def resolve_conv_impl(conv_impl: str, platform: str) -> str:
+  """`auto` -> the implementation chosen for `platform` ("cpu", "tpu", "cuda", ...)."""
+  if conv_impl != "auto":
+    return conv_impl
+  return AUTO_CONV_IMPL.get(platform, "fft")
 
 
 class SSMKernel(nnx.Module):
@@ -214,15 +224,8 @@ class S4Block(nnx.Module):
     length = x.shape[1]
     self.kernel._check_length(length)  # pylint: disable=protected-access
     if conv_impl == "auto":
-      # Resolved when lowering for a platform (also for AOT compiles on another host).
-      # One callable per distinct (impl, chunk): platform_dependent traces each only once.
-      by_choice = {}
-      for p in AUTO_CONV_IMPL:
-        choice = (AUTO_CONV_IMPL[p], CHUNK_TOKENS[p])
-        if choice not in by_choice:
-          by_choice[choice] = lambda x, p=p: self._convolve(x, AUTO_CONV_IMPL[p], p)
-      branches = {p: by_choice[(AUTO_CONV_IMPL[p], CHUNK_TOKENS[p])] for p in AUTO_CONV_IMPL}
-      return jax.lax.platform_dependent(x, **branches)
+      platform = jax.default_backend()
+      conv_impl = resolve_conv_impl(conv_impl, platform)
     if conv_impl == "fft":
       return fftconv.causal_fft_conv(x, self.kernel(length))
     if conv_impl == "fft_freq":
