@@ -45,6 +45,8 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
       dt_min=m.dt_min,
       dt_max=m.dt_max,
       conv_impl=m.conv_impl,
+      input_conv_width=int(getattr(m, "input_conv_width", 0) or 0),
+      input_conv_kind=str(getattr(m, "input_conv_kind", "dense")),
       l_max=l_max,
       rngs=rngs,
   )

@@ -24,6 +24,7 @@ from flax import nnx
 
 from sashimi_jax.models import layers
 from sashimi_jax.models import level as level_lib
+from sashimi_jax.models.input_conv import CausalInputConv
 
 
 class SaShiMiLM(nnx.Module):
@@ -35,6 +36,8 @@ class SaShiMiLM(nnx.Module):
   Each S4 layer at level k gets l_max / prod(pool[:k]) as its kernel length; `n_ssm=None` gives
   every S4 layer one SSM per channel; `init`/`disc` None take S4Block's per-layer defaults;
   `conv_impl` is how S4Block computes its convolution (models/s4.py CONV_IMPLS).
+  `input_conv_width` > 0 adds a residual causal convolution of that width (`input_conv_kind`
+  `dense` or `depthwise`) to the embeddings before level 0 (`input_conv.py`).
   """
 
   def __init__(
@@ -58,6 +61,8 @@ class SaShiMiLM(nnx.Module):
       dt_min: float = 1e-3,
       dt_max: float = 1e-1,
       conv_impl: str = "auto",
+      input_conv_width: int = 0,
+      input_conv_kind: str = "dense",
       l_max: int,
       rngs: nnx.Rngs,
   ):
@@ -95,6 +100,8 @@ class SaShiMiLM(nnx.Module):
     self.embedding = nnx.Embed(
         num_tokens, d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
     )
+    self.input_conv = (CausalInputConv(d_model, input_conv_width, kind=input_conv_kind, rngs=rngs)
+                       if input_conv_width > 0 else None)
     depth = len(pool)
     inner = level_lib.Center(widths[depth], rate_tokens=self.rate_frames[depth], rngs=rngs,
                              **stage_options(depth))
@@ -135,6 +142,8 @@ class SaShiMiLM(nnx.Module):
     if padded != frames:  # causal: right padding cannot change earlier outputs.
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - frames)))
     x = self.embedding(tokens).astype(jnp.float32)
+    if self.input_conv is not None:
+      x = self.input_conv(x)
     y, captured = self.level(x, deterministic=deterministic, rngs=rngs, capture=capture)
     return self.head(self.norm(y))[:, :frames], captured
 
@@ -160,7 +169,10 @@ class SaShiMiLM(nnx.Module):
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return {"t": jnp.zeros((), jnp.int32), "level": self.level.init_state(batch_size)}
+    state = {"t": jnp.zeros((), jnp.int32), "level": self.level.init_state(batch_size)}
+    if self.input_conv is not None:
+      state["input_conv"] = self.input_conv.init_state(batch_size)
+    return state
 
   def step(self, rec: Any, state: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """One token per stream: tokens (B,) int -> (outputs (B, output_dim) float32, next state).
@@ -168,8 +180,12 @@ class SaShiMiLM(nnx.Module):
     Pure; meant to run inside `jax.lax.scan`. Output equals `__call__` at the same position.
     """
     x = self.embedding(tokens).astype(jnp.float32)
+    next_state = {}
+    if self.input_conv is not None:
+      x, next_state["input_conv"] = self.input_conv.step(state["input_conv"], x)
     y, level_state = self.level.step(state["t"], rec, state["level"], x)
-    return self.head(self.norm(y)), {"t": state["t"] + 1, "level": level_state}
+    next_state.update(t=state["t"] + 1, level=level_state)
+    return self.head(self.norm(y)), next_state
 
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.
@@ -194,6 +210,9 @@ class SaShiMiLM(nnx.Module):
     )
     level_state = self.level.prefill_state(rec, captured, prompt_tokens, batch)
     state = {"t": jnp.asarray(prompt_tokens, jnp.int32), "level": level_state}
+    if self.input_conv is not None:
+      state["input_conv"] = self.input_conv.prefill_state(
+          self.embedding(tokens).astype(jnp.float32))
     return outputs[:, :prompt_tokens], state
 
   def _check_tokens(self, tokens):
