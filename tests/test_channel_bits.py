@@ -11,7 +11,7 @@ from sashimi_jax import channel_bits
 from sashimi_jax import heads
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import stereo
-from sashimi_jax.models import build_model
+from sashimi_jax.state import build_model
 
 
 def _config(is_stereo, strategy="blocking-4"):
