@@ -28,6 +28,9 @@ _CASES = flags.DEFINE_list("cases", ["tiny_mono", "tiny_stereo", "sc09_mono", "s
                            "Which configurations to time.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case (after one warm-up step).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch override (0: tiny config's, SC09 1).")
+_INPUT_CONV_WIDTHS = flags.DEFINE_list(
+    "input_conv_widths", ["0"], "model.input_conv_width values to time each case with, side by "
+    "side (e.g. 0,4); a `d` suffix (4d) selects input_conv_kind=depthwise.")
 
 
 def case_config(name: str):
@@ -84,10 +87,15 @@ def main(argv):
   print(f"{'case':<12} {'params':>9} {'tokens/step':>11} {'compile s':>9} {'s/step min':>10} "
         f"{'s/step med':>10} {'tokens/s':>10}")
   for name in _CASES.value:
-    r = time_case(case_config(name))
-    print(f"{name:<12} {r['params']:>9,} {r['tokens_per_step']:>11,} {r['compile_seconds']:>9.1f} "
-          f"{r['seconds_per_step_min']:>10.3f} {r['seconds_per_step_median']:>10.3f} "
-          f"{r['tokens_per_second']:>10,.0f}", flush=True)
+    for width in _INPUT_CONV_WIDTHS.value:
+      config = case_config(name)
+      config.model.input_conv_width = int(width.rstrip("d"))
+      config.model.input_conv_kind = "depthwise" if width.endswith("d") else "dense"
+      r = time_case(config)
+      label = name if width == "0" else f"{name}+conv{width}"
+      print(f"{label:<12} {r['params']:>9,} {r['tokens_per_step']:>11,} "
+            f"{r['compile_seconds']:>9.1f} {r['seconds_per_step_min']:>10.3f} "
+            f"{r['seconds_per_step_median']:>10.3f} {r['tokens_per_second']:>10,.0f}", flush=True)
 
 
 if __name__ == "__main__":
