@@ -6,8 +6,10 @@ pool [4, 4]) trained by `launch.py` for the same steps, seed and tokens per step
   * `temporal`, `blocking`, `blocking-N`: stereo clips of 1024 frames (2048 tokens);
   * `two-mono`: the same model trained on mono clips of 2048 frames, each clip one channel
     of the same training files (`configs/mono.py:tiny`), i.e. two mono channels;
-  * `<strategy>+<field>=<value>[+...]`: a stereo variant with model overrides, e.g.
-    `temporal+input_conv_width=4` or `temporal+input_conv_width=4+input_conv_kind=depthwise`.
+  * `<variant>+<field>=<value>[+...]`: a variant with model overrides, e.g.
+    `temporal+input_conv_width=4`, `temporal+input_conv_width=4+input_conv_kind=depthwise` or
+    `two-mono+input_conv_width=4` (the baseline of a model with that field). Without overrides
+    every variant has `model.input_conv_width=0` (the model of the seeds' presets).
 Each trained model is then scored on the same validation audio (`--eval_clips` stereo clips of
 1024 frames spread over the validation split; the two-mono model on both channels of the same
 frames as mono streams, `channel_bits`), generates `--num_samples` clips of one training clip
@@ -116,20 +118,23 @@ def variant_config(variant: str, data_path: str, mono_dir: pathlib.Path):
                "train.checkpoint_every_steps": _STEPS.value, "train.log_every_steps": 20,
                "train.warmup_steps": min(20, _STEPS.value),
                **overrides_path}
-  if variant == "two-mono":
+  strategy, *fields = variant.split("+")
+  # Every variant states its model fields: the presets' defaults (e.g. stereo_temporal's input
+  # convolution) must not differ between variants unless asked for.
+  overrides["model.input_conv_width"] = 0
+  if strategy == "two-mono":
     path, valid, test = mono_channel_dataset(stereo_cfg, mono_dir)
     config = runpy.run_path(str(_ROOT / "configs/mono.py"))["get_config"]("tiny")
     overrides.update({"dataset.path": path, "dataset.valid_fraction": valid,
                       "dataset.test_fraction": test})
     file = "configs/mono.py:tiny"
   else:
-    strategy, *fields = variant.split("+")
     config = stereo_cfg
     overrides["dataset.interleaving_strategy"] = strategy
-    for field in fields:
-      name, value = field.split("=")
-      overrides[f"model.{name}"] = int(value) if value.isdigit() else value
     file = "configs/stereo_temporal.py:tiny"
+  for field in fields:
+    name, value = field.split("=")
+    overrides[f"model.{name}"] = int(value) if value.isdigit() else value
   for key, value in overrides.items():
     node = config
     *parents, last = key.split(".")
@@ -258,9 +263,11 @@ def main(argv):
       results[variant] = {"run": run, "curve": curve, "tokens_per_second": tokens_per_second,
                           **score(workdir, clips)}
       print(f"[{dataset}] {variant}: {results[variant]['bits']}", flush=True)
-    baseline = results.get("two-mono", {}).get("bits")
     for variant, r in results.items():
       b = r["bits"]
+      # The baseline is the two-mono model with the same model overrides.
+      same_model = "+".join(["two-mono"] + variant.split("+")[1:])
+      baseline = results.get(same_model, {}).get("bits")
       row = {"dataset": dataset, "variant": variant, "steps": _STEPS.value,
              "bits_total": b["total"], "bits_left": b["left"], "bits_right": b["right"],
              "right_minus_left": b["right"] - b["left"],
