@@ -35,10 +35,12 @@ import tqdm
 
 from sashimi_jax import audio_output
 from sashimi_jax import compilation_cache
+from sashimi_jax import config as config_lib
 from sashimi_jax import console
 from sashimi_jax import distributed
 from sashimi_jax import sample_job
 from sashimi_jax import sampling
+from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import stereo
 
@@ -97,12 +99,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def prompt_tokens(prompt_audio: np.ndarray, config, total_frames: int) -> np.ndarray:
-  """Stream tokens of a prompt clip that open a stream of `total_frames` frames.
+  """Stream tokens of a prompt clip that opens clips of `total_frames` frames.
 
-  The prompt is encoded exactly like a training clip (`pipeline.encode_clip`). For stereo, the
-  usable prompt is the longest prefix of the full stream's order whose samples all lie in the
-  prompt's frames: all of it for `temporal` and for `blocking-N` with whole blocks; for
-  `blocking` only the prompt's left channel (the stream holds every left sample first).
+  The prompt is encoded exactly like a training clip (`pipeline.encode_clip`) and laid out in the
+  order of the clip the model generates (`layout.generated_frames`, `layout.prompt_stream`): for
+  `temporal` and whole `blocking-N` blocks a prefix of the stream; otherwise (e.g. `blocking`,
+  whose right channel follows the whole left one) with `layout.NOT_GIVEN` (-1) at the positions
+  generated before later prompt samples. Lengths are checked here, before anything compiles.
 
   Args:
     prompt_audio: float32 (prompt_frames, C) at the training sample rate and channel count.
@@ -110,7 +113,7 @@ def prompt_tokens(prompt_audio: np.ndarray, config, total_frames: int) -> np.nda
     total_frames: frames of the clips to generate (> prompt_frames).
 
   Returns:
-    int32 (P,) stream tokens, P >= 1.
+    int32 (K,) stream tokens (-1 = generated), starting with at least one given token.
   """
   dataset = config.dataset
   prompt_frames = prompt_audio.shape[0]
@@ -122,16 +125,16 @@ def prompt_tokens(prompt_audio: np.ndarray, config, total_frames: int) -> np.nda
     raise ValueError(f"The prompt ({prompt_frames} frames) is longer than the training clips "
                      f"(dataset.sample_len={dataset.sample_len} frames); lower --prompt_seconds.")
   stream = pipeline.encode_clip(prompt_audio, dataset)
-  if not dataset.is_stereo:
-    return stream.astype(np.int32)
-  strategy = dataset.interleaving_strategy
-  flat = stream[stereo.inverse_permutation(prompt_frames, strategy)]  # frame-major (2 P,)
-  order = stereo.permutation(total_frames, strategy)
-  outside = np.nonzero(order >= 2 * prompt_frames)[0]
-  usable = int(outside[0]) if outside.size else order.size
-  if usable < 1:
-    raise ValueError("The prompt covers no whole position of the stream's order.")
-  return flat[order[:usable]].astype(np.int32)
+  if dataset.is_stereo:
+    strategy = dataset.interleaving_strategy
+    flat = stream[stereo.inverse_permutation(prompt_frames, strategy)]  # frame-major (2 P,)
+    stream_frames = layout.generated_frames(total_frames, is_stereo=True, strategy=strategy,
+                                            sample_len=int(dataset.sample_len))
+    stream = layout.prompt_stream(flat, stream_frames, strategy)
+  prefix, _ = layout.split_prompt(stream)
+  layout.check_prefill_length(prefix.shape[0], layer=str(config.model.layer),
+                              l_max=config_lib.l_max(config))
+  return stream.astype(np.int32)
 
 
 def verify_recurrence(model, config, *, max_tokens: Optional[int] = None) -> float:

@@ -9,8 +9,12 @@ Cases: tiny_mono, tiny_stereo (configs/stereo_temporal.py:tiny with is_stereo Fa
 sc09_mono, sc09_stereo (configs/sc09.py, the stereo variant with the same 16000 frames =
 32000 tokens). --batch_size overrides the config's global batch (SC09's 32 is slow on a CPU;
 the default here is 1 for SC09). Numbers on a shared machine are noisy: report the minimum.
+All cases are compiled first, then timed one step each in turn (`--input_conv_widths=0,4` compares
+model variants side by side).
 """
 
+import json
+import os
 import runpy
 import time
 
@@ -28,6 +32,9 @@ _CASES = flags.DEFINE_list("cases", ["tiny_mono", "tiny_stereo", "sc09_mono", "s
                            "Which configurations to time.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case (after one warm-up step).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch override (0: tiny config's, SC09 1).")
+_INPUT_CONV_WIDTHS = flags.DEFINE_list(
+    "input_conv_widths", ["0"], "model.input_conv_width values to time each case with, side by "
+    "side (e.g. 0,4); a `d` suffix (4d) selects input_conv_kind=depthwise.")
 
 
 def case_config(name: str):
@@ -46,8 +53,8 @@ def case_config(name: str):
   return config
 
 
-def time_case(config) -> dict:
-  """Compiles the train step and times `--steps` steps; returns the measurements."""
+def prepare_case(config) -> dict:
+  """Compiles the train step of `config` on a random batch; runs it once (warm-up)."""
   mesh = sharding.create_mesh()
   graphdef, state, tx = state_lib.init_train_state(config, mesh)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, state)
@@ -64,30 +71,49 @@ def time_case(config) -> dict:
   compile_seconds = time.perf_counter() - start
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  times = []
-  for _ in range(_STEPS.value):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  best = min(times)
   params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state["params"]))
-  return {"params": params, "tokens_per_step": batch_size * tokens,
-          "compile_seconds": compile_seconds, "seconds_per_step_min": best,
-          "seconds_per_step_median": float(np.median(times)),
-          "tokens_per_second": batch_size * tokens / best}
+  return {"compiled": compiled, "state": state, "batch": batch, "times": [],
+          "params": params, "tokens_per_step": batch_size * tokens,
+          "compile_seconds": compile_seconds}
+
+
+def time_round_robin(cases: list[dict], steps: int) -> None:
+  """Times `steps` steps of every case, one step of each in turn, so that load changing over
+  time on a shared machine hits every case alike; appends to each case's `times`."""
+  for _ in range(steps):
+    for case in cases:
+      start = time.perf_counter()
+      case["state"], metrics = case["compiled"](case["state"], case["batch"])
+      jax.block_until_ready(metrics)
+      case["times"].append(time.perf_counter() - start)
 
 
 def main(argv):
   del argv
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
-  print(f"{'case':<12} {'params':>9} {'tokens/step':>11} {'compile s':>9} {'s/step min':>10} "
-        f"{'s/step med':>10} {'tokens/s':>10}")
+  labels, cases = [], []
   for name in _CASES.value:
-    r = time_case(case_config(name))
-    print(f"{name:<12} {r['params']:>9,} {r['tokens_per_step']:>11,} {r['compile_seconds']:>9.1f} "
-          f"{r['seconds_per_step_min']:>10.3f} {r['seconds_per_step_median']:>10.3f} "
-          f"{r['tokens_per_second']:>10,.0f}", flush=True)
+    for width in _INPUT_CONV_WIDTHS.value:
+      config = case_config(name)
+      config.model.input_conv_width = int(width.rstrip("d"))
+      config.model.input_conv_kind = "depthwise" if width.endswith("d") else "dense"
+      labels.append(name if width == "0" else f"{name}+conv{width}")
+      cases.append(prepare_case(config))
+  time_round_robin(cases, _STEPS.value)
+  print(f"{'case':<20} {'params':>9} {'tokens/step':>11} {'compile s':>9} {'s/step min':>10} "
+        f"{'s/step med':>10} {'tokens/s':>10}")
+  rows = []
+  for label, r in zip(labels, cases):
+    best = min(r["times"])
+    row = {"case": label, "params": r["params"], "tokens_per_step": r["tokens_per_step"],
+           "compile_seconds": r["compile_seconds"], "seconds_per_step_min": best,
+           "seconds_per_step_median": float(np.median(r["times"])),
+           "tokens_per_second": r["tokens_per_step"] / best}
+    rows.append(row)
+    print(f"{label:<20} {row['params']:>9,} {row['tokens_per_step']:>11,} "
+          f"{row['compile_seconds']:>9.1f} {best:>10.3f} {row['seconds_per_step_median']:>10.3f} "
+          f"{row['tokens_per_second']:>10,.0f}", flush=True)
+  print(json.dumps({"benchmark": "train_throughput", "load": os.getloadavg()[0], "rows": rows}))
 
 
 if __name__ == "__main__":

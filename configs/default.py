@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.compute_dtype = "float32"  # float32 | bfloat16 (activations; params stay float32).
   config.model.output_head = "categorical"  # categorical | dml.
   config.model.n_mixtures = 10  # DML only.
+  config.model.input_conv_width = 0  # >0: residual causal conv over the embeddings (frames of tokens).
+  config.model.input_conv_kind = "dense"  # dense | depthwise.
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 200_000  # total train steps (a finished run does nothing when rerun).

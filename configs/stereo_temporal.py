@@ -23,6 +23,10 @@ def get_config(arg=None):
   config.dataset.interleaving_strategy = "temporal"
   config.train.batch_size = 8
   config.train.learning_rate = 4e-3
+  # A width-4 causal convolution over the embeddings lets the right sample's position see L[t]
+  # (and the previous frame) before any S4 layer. Demo, tiny, 500 steps (2026-11-29): validation
+  # 6.64 -> 5.89 bits/token, left 6.43 -> 5.90, right 6.85 -> 5.87 (README, "Stereo strategies").
+  config.model.input_conv_width = 4
   if "tiny" in words:
     _default["apply_tiny"](config)
   return config

@@ -100,6 +100,7 @@ class TrainedModel:
     """
     import jax  # pylint: disable=g-import-not-at-top
     from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
+    from sashimi_jax.data import layout  # pylint: disable=g-import-not-at-top
     from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
     frames = int(round(seconds * self.sample_rate_hz))
@@ -107,18 +108,23 @@ class TrainedModel:
       raise ValueError(f"need num_samples >= 1 and seconds giving >= 1 frame, got {num_samples}"
                        f" and {seconds}.")
     batch_size = min(int(batch_size or num_samples), num_samples)
+    dataset = self.config.dataset
+    # The training layout at this length (e.g. one whole clip for `blocking`), cut afterwards.
+    stream_frames = layout.generated_frames(
+        frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
+        sample_len=int(dataset.sample_len))
     head = self.config.model.output_head
     key = jax.random.key(seed)
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(
-          self.model, key, batch_size=batch_size, num_tokens=frames * self.channels,
+          self.model, key, batch_size=batch_size, num_tokens=stream_frames * self.channels,
           temperature=temperature, top_p=top_p, first_sample_index=first, head=head,
           bits=int(self.config.dataset.bits),
           n_mixtures=int(self.config.model.n_mixtures) if head == "dml" else 0)
       tokens.append(np.asarray(out["tokens"])[:num_samples - first])
-    return np.asarray(pipeline.decode_tokens(np.concatenate(tokens), self.config.dataset),
-                      np.float32)
+    return layout.trim_frames(
+        np.asarray(pipeline.decode_tokens(np.concatenate(tokens), dataset), np.float32), frames)
 
 
 def load(workdir: str, step: str | int | None = "latest") -> TrainedModel:

@@ -9,6 +9,7 @@ import io
 import math
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import matplotlib
 
@@ -17,6 +18,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
+from sashimi_jax import stereo_metrics
+from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
 
 _CHANNEL_NAMES = ("left", "right")
@@ -93,6 +96,31 @@ def spectrogram_image(audio: np.ndarray, sample_rate: int, *, title: str = "") -
   return image
 
 
+def data_stereo_metrics(config, num_frames: int, *, max_clips: int = 8) -> dict[str, Any]:
+  """`stereo_metrics.mean_metrics` of held-out stereo data, as the model sees it.
+
+  Up to `max_clips` clips spread evenly over the validation split (the training split if there
+  is none) are encoded and decoded like training data (normalised, quantised) and cut to
+  `num_frames` frames, so they compare like for like with generated clips.
+  """
+  dataset = config.dataset
+  try:
+    clips = pipeline.build_clip_source(dataset, "valid")
+  except ValueError:
+    clips = pipeline.build_clip_source(dataset, "train")
+  if not len(clips):
+    clips = pipeline.build_clip_source(dataset, "train")
+  count = min(max_clips, len(clips))
+  indices = np.linspace(0, len(clips) - 1, count).round().astype(int)
+  sample_rate = int(dataset.sample_rate)
+  records = []
+  for i in indices:
+    decoded = np.asarray(pipeline.decode_tokens(pipeline.encode_clip(clips[int(i)], dataset),
+                                                dataset), np.float32)
+    records.append(stereo_metrics.clip_metrics(decoded[:num_frames], sample_rate))
+  return stereo_metrics.mean_metrics(records)
+
+
 def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int] = None,
                     num_frames: Optional[int] = None) -> dict[str, Any]:
   """Generates a few clips from scratch for TensorBoard.
@@ -102,12 +130,15 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
     config: the run's ConfigDict (`dataset.*` decides decoding and the sample rate).
     key: PRNG key.
     num_samples: clips to generate (default `config.train.num_eval_samples`, at least 1).
-    num_frames: frames per clip (default: one second, at most `dataset.sample_len`).
+    num_frames: frames per clip (default: one second, at most `dataset.sample_len`); the stream
+      generated follows the training layout (`layout.generated_frames`) and is cut to it.
 
   Returns:
     {"sample_<i>/audio": (float32 (frames, C) in [-1, 1], sample_rate),
      "sample_<i>/spectrogram": uint8 (H, W, 3)} for every clip i; the values are what
-    `writer.write_audio` / `writer.write_image` take (train.py's `_write_samples`).
+    `writer.write_audio` / `writer.write_image` take (train.py's `_write_samples`). Stereo runs
+    add float scalars "stereo/<metric>" (mean over the clips, `stereo_metrics`) and
+    "stereo_data/<metric>" (the same for held-out data, `data_stereo_metrics`).
   """
   dataset = config.dataset
   sample_rate = int(dataset.sample_rate)
@@ -116,13 +147,27 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
   if num_frames is None:
     num_frames = min(int(dataset.sample_len), sample_rate)
   channels = 2 if dataset.is_stereo else 1
+  stream_frames = layout.generated_frames(
+      num_frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
+      sample_len=int(dataset.sample_len))
   head = config.model.output_head
   out = sampling.generate(
-      model, key, batch_size=num_samples, num_tokens=num_frames * channels, head=head,
+      model, key, batch_size=num_samples, num_tokens=stream_frames * channels, head=head,
       bits=int(dataset.bits), n_mixtures=int(config.model.n_mixtures) if head == "dml" else 0)
-  audio = np.asarray(pipeline.decode_tokens(np.asarray(out["tokens"]), dataset), np.float32)
-  bits_per_token = -np.asarray(out["log_likelihood"]) / (num_frames * channels * math.log(2.0))
+  audio = layout.trim_frames(
+      np.asarray(pipeline.decode_tokens(np.asarray(out["tokens"]), dataset), np.float32),
+      num_frames)
+  bits_per_token = -np.asarray(out["log_likelihood"]) / (stream_frames * channels * math.log(2.0))
   summaries = {}
+  if dataset.is_stereo:
+    records = [stereo_metrics.clip_metrics(clip, sample_rate) for clip in audio]
+    summaries.update(stereo_metrics.scalar_summary(stereo_metrics.mean_metrics(records),
+                                                   "stereo"))
+    try:
+      summaries.update(stereo_metrics.scalar_summary(
+          data_stereo_metrics(config, num_frames), "stereo_data"))
+    except (ValueError, OSError) as e:  # e.g. no readable held-out clip: samples still logged.
+      logging.warning("No stereo metrics of held-out data: %s", e)
   for i, clip in enumerate(audio):
     summaries[f"sample_{i}/audio"] = (clip, sample_rate)
     summaries[f"sample_{i}/spectrogram"] = spectrogram_image(

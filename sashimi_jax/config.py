@@ -15,6 +15,7 @@ from sashimi_jax import optim
 from sashimi_jax.data import audio
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
+from sashimi_jax.models import input_conv
 from sashimi_jax.models import s4
 from sashimi_jax.models import sashimi
 from sashimi_jax.models import stage
@@ -31,6 +32,7 @@ CONV_IMPLS = s4.CONV_IMPLS
 VERIFY_AUDIO = audio.VERIFY_AUDIO
 REMATS = stage.REMATS
 COMPUTE_DTYPES = sashimi.COMPUTE_DTYPES
+INPUT_CONV_KINDS = input_conv.KINDS
 MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
 
 
@@ -213,6 +215,11 @@ def find_problems(config, *, num_devices: int | None = None,
   head = _check_choice(config, f"{m}.output_head", OUTPUT_HEADS, problems)
   n_mixtures = _check_int(config, f"{m}.n_mixtures", problems, minimum=1)
   del n_mixtures, head
+  # Optional (configs saved before these fields existed lack them).
+  if "input_conv_width" in config[m]:
+    _check_int(config, f"{m}.input_conv_width", problems, minimum=0, maximum=64)
+  if "input_conv_kind" in config[m]:
+    _check_choice(config, f"{m}.input_conv_kind", INPUT_CONV_KINDS, problems)
 
   if sample_len is not None and is_stereo is not None and pool is not None:
     tokens = stereo.stream_length(sample_len, is_stereo)

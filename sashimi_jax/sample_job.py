@@ -38,7 +38,9 @@ from sashimi_jax import audio_output
 from sashimi_jax import audio_summaries
 from sashimi_jax import sampling
 from sashimi_jax import sharding
+from sashimi_jax import stereo_metrics
 from sashimi_jax.data import audio
+from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
 
 JOB_FILE = "job.json"
@@ -259,6 +261,9 @@ def merge_records(output_dir: str, num_samples: int, metadata: dict) -> list[dic
   for i in range(num_samples):
     with open(record_path(output_dir, i), encoding="utf-8") as f:
       records.append(json.load(f))
+  if records and all("stereo" in r for r in records):
+    metadata = {**metadata, "samples_stereo_metrics": stereo_metrics.mean_metrics(
+        [r["stereo"] for r in records])}
   records.sort(key=lambda r: (-r["log_likelihood_nats"], r["index"]))
   atomic_write_json(os.path.join(output_dir, SAMPLES_FILE), {**metadata, "samples": records})
   return records
@@ -353,13 +358,28 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
   if done.any():
     logging.info("%d of %d clips already complete in %s; generating the other %d.",
                  int(done.sum()), num_samples, output_dir, pending.size)
-  channels = 2 if config.dataset.is_stereo else 1
-  total_tokens = clip_frames * channels
-  prompt_len = 0 if prompts is None else int(prompts.shape[1])
+  dataset = config.dataset
+  channels = 2 if dataset.is_stereo else 1
+  # The training layout decides the stream generated (e.g. one whole clip for `blocking`); the
+  # clip is cut to clip_frames after de-interleaving.
+  stream_frames = layout.generated_frames(
+      clip_frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
+      sample_len=int(dataset.sample_len))
+  total_tokens = stream_frames * channels
+  prompt_len, forced, rest = 0, None, None
+  if prompts is not None:
+    # Prefill takes the given tokens every prompt opens with; later given tokens (-1 holes
+    # before them, e.g. a `blocking` prompt's right channel) are forced in while generating.
+    prompt_len = min(layout.split_prompt(p)[0].shape[0] for p in prompts)
+    rest = prompts[:, prompt_len:]
+    prompts = prompts[:, :prompt_len]
   new_tokens = total_tokens - prompt_len
-  if new_tokens < 1:
+  if new_tokens < 1 or (rest is not None and rest.shape[1] > new_tokens):
     raise ValueError(f"Nothing to generate: the prompt has {prompt_len} tokens and a clip "
                      f"{total_tokens}; raise --seconds or lower --prompt_seconds.")
+  if rest is not None and rest.shape[1]:
+    forced = np.full((rest.shape[0], new_tokens), layout.NOT_GIVEN, np.int32)
+    forced[:, :rest.shape[1]] = rest
   if per_device_batch_size < 1:
     raise ValueError(f"--per_device_batch_size must be >= 1, got {per_device_batch_size}.")
   batch = per_device_batch_size * mesh.devices.size
@@ -377,6 +397,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
       real = indices.size
       indices = np.concatenate([indices, np.full(batch - real, indices[-1], np.int32)])
       row_prompts = None if prompts is None else prompts[indices % prompts.shape[0]]
+      row_forced = None if forced is None else forced[indices % forced.shape[0]]
 
       def chunk_done(tokens_done, real=real, first=first):
         if progress is not None:
@@ -385,7 +406,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
       out = sampling.generate(
           model, key, batch_size=batch, num_tokens=new_tokens, prompt=row_prompts,
           temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
-          chunk_tokens=chunk_tokens, progress=chunk_done, **head_kwargs)
+          chunk_tokens=chunk_tokens, progress=chunk_done, forced=row_forced, **head_kwargs)
       tokens = _local_rows(out["tokens"])
       loglik = _local_rows(out["log_likelihood"])
       entropy = _local_rows(out["mean_entropy"])
@@ -394,9 +415,14 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
           continue  # padding of the last batch.
         written += 1
         index = int(indices[row])
-        clip = np.asarray(pipeline.decode_tokens(tokens[row], config.dataset), np.float32)
+        clip = layout.trim_frames(
+            np.asarray(pipeline.decode_tokens(tokens[row], dataset), np.float32), clip_frames)
+        sampled = new_tokens - (0 if row_forced is None else
+                                int(np.sum(row_forced[row] != layout.NOT_GIVEN)))
         record = {"index": index,
-                  **audio_output.record_units(loglik[row], entropy[row], new_tokens)}
+                  **audio_output.record_units(loglik[row], entropy[row], max(sampled, 1))}
+        if clip.shape[1] == 2:
+          record["stereo"] = stereo_metrics.clip_metrics(clip, sample_rate)
         if prompts is not None:
           record["prompt"] = prompt_names[index % prompts.shape[0]] if prompt_names else None
         write_clip(output_dir, index, clip, record, sample_rate=sample_rate,
@@ -414,8 +440,11 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
     if missing.size:
       raise ValueError(f"{missing.size} clips have no record after generation (e.g. "
                        f"{clip_name(int(missing[0]))}); is --output_dir shared by every host?")
+    stereo_data = ({"data_stereo_metrics": audio_summaries.data_stereo_metrics(config, clip_frames)}
+                   if dataset.is_stereo else {})
     records = merge_records(output_dir, num_samples, {
-        **job, **(metadata or {}), **audio_output.options_record(options, sample_rate),
+        **job, **(metadata or {}), **stereo_data,
+        **audio_output.options_record(options, sample_rate),
         "prompt_tokens": prompt_len, **speed})
   _sync("sample_job_merged")
   return JobResult(generated=int(pending.size), written=written, skipped=int(done.sum()),

@@ -161,31 +161,43 @@ def _prologue(model, settings: _Settings, key, sample_index, prompt):
       settings, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32)))
 
 
-def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int):
+def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int, forced=None):
   """Feeds the carried token and samples the next one, `num_steps` times.
 
+  `forced` (B, num_steps) int32 or None: where >= 0, that token is taken instead of a sampled one
+  (a prompt sample the stream order places after generated ones); it adds nothing to the
+  log-likelihood or entropy sums.
+
   Returns:
-    (carry, tokens (B, num_steps) int32): the tokens sampled in these steps.
+    (carry, tokens (B, num_steps) int32): the tokens of these steps.
   """
   row_keys, done = carry[2], carry[5]
   uniforms = _uniforms(row_keys, done, num_steps)
+  if forced is None:
+    forced = jnp.full((settings.batch_size, num_steps), -1, jnp.int32)
 
-  def body(carry, uniform):
+  def body(carry, inputs):
+    uniform, forced_token = inputs
     state, token, row_keys, loglik, entropy_sum, done = carry
     outputs, state = model.step(rec, state, token)
     token, logp, entropy = _sample_rows(settings, uniform, outputs)
+    keep = forced_token >= 0
+    token = jnp.where(keep, forced_token, token)
+    logp = jnp.where(keep, 0.0, logp)
+    entropy = jnp.where(keep, 0.0, entropy)
     return (state, token, row_keys, loglik + logp, entropy_sum + entropy, done + 1), token
 
-  carry, tokens = jax.lax.scan(body, carry, uniforms, unroll=settings.unroll)
+  carry, tokens = jax.lax.scan(body, carry, (uniforms, forced.T), unroll=settings.unroll)
   return _constrain_rows(settings, carry), _constrain_rows(settings, tokens.T)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_tokens"))
-def _generate_all(params, key, first_sample_index, prompt, *, graphdef, settings, num_tokens):
+def _generate_all(params, key, first_sample_index, prompt, forced, *, graphdef, settings,
+                  num_tokens):
   """The whole generation as one compiled function."""
   model = nnx.merge(graphdef, params)
   rec, carry = _prologue(model, settings, key, first_sample_index, prompt)
-  carry, tokens = _scan_steps(model, settings, rec, carry, num_tokens)
+  carry, tokens = _scan_steps(model, settings, rec, carry, num_tokens, forced)
   return tokens, carry[3], carry[4]
 
 
@@ -197,9 +209,9 @@ def _start(params, key, first_sample_index, prompt, *, graphdef, settings):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_steps"),
                    donate_argnames=("carry",))
-def _advance(params, rec, carry, *, graphdef, settings, num_steps):
+def _advance(params, rec, carry, forced, *, graphdef, settings, num_steps):
   model = nnx.merge(graphdef, params)
-  return _scan_steps(model, settings, rec, carry, num_steps)
+  return _scan_steps(model, settings, rec, carry, num_steps, forced)
 
 
 def _check_prompt(prompt, batch_size: int, vocabulary: int):
@@ -241,13 +253,28 @@ def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
           None if prompt is None else _global(mesh, np.asarray(prompt), rows=True))
 
 
+def _check_forced(forced, batch_size: int, num_tokens: int, vocabulary: int):
+  if forced is None:
+    return None
+  if forced.shape != (batch_size, num_tokens):
+    raise ValueError(f"forced must have shape (batch_size, num_tokens) = ({batch_size}, "
+                     f"{num_tokens}), got {forced.shape}.")
+  if not isinstance(forced, jax.core.Tracer):
+    values = np.asarray(forced)
+    if values.min() < -1 or values.max() >= vocabulary:
+      raise ValueError(f"forced tokens must lie in [-1, {vocabulary}), got "
+                       f"[{values.min()}, {values.max()}].")
+  return np.asarray(forced, np.int32)
+
+
 def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
              prompt: Optional[jax.Array] = None, temperature: float = 1.0, top_p: float = 1.0,
              unroll: int = 1, head: Optional[str] = None, bits: Optional[int] = None,
              n_mixtures: Optional[int] = None, first_sample_index: int = 0,
              sample_indices: Optional[np.ndarray] = None, mesh: Any = None,
              chunk_tokens: Optional[int] = None,
-             progress: Optional[Callable[[int], Any]] = None) -> dict[str, jax.Array]:
+             progress: Optional[Callable[[int], Any]] = None,
+             forced: Optional[jax.Array] = None) -> dict[str, jax.Array]:
   """Samples `num_tokens` new tokens per stream after an optional prompt.
 
   Args:
@@ -272,6 +299,10 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     chunk_tokens: if set, run the scan in segments of this many tokens, with the state donated
       between segments, calling `progress(tokens_done)` after each.
     progress: callback for `chunk_tokens` mode, given the number of new tokens done so far.
+    forced: optional int (B, num_tokens): where >= 0, the token at that new position is given
+      (e.g. a `blocking` prompt's right channel, which the stream places after the generated
+      left channel) instead of sampled; -1 elsewhere. Forced tokens add nothing to the
+      log-likelihood, and `mean_entropy` averages over the sampled tokens only.
 
   Returns:
     dict(tokens=int32 (B, P + num_tokens) including the prompt, log_likelihood=float32 (B,) sum
@@ -288,6 +319,7 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
   spec = head_spec(model, head=head, bits=bits, n_mixtures=n_mixtures)
   prompt = _check_prompt(prompt, batch_size, 2**spec.bits)
+  forced = _check_forced(forced, batch_size, num_tokens, 2**spec.bits)
   settings = _Settings(spec=spec, batch_size=int(batch_size), temperature=float(temperature),
                        top_p=float(top_p), unroll=int(unroll), mesh=mesh)
   graphdef, params = nnx.split(model)
@@ -301,10 +333,13 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     index = jnp.asarray(index)
   else:
     params, key, index, prompt = _place_on_mesh(mesh, params, key, index, prompt, batch_size)
+    if forced is not None:
+      forced = _global(mesh, np.asarray(forced), rows=True)
 
   if chunk_tokens is None:
     tokens, loglik, entropy_sum = _generate_all(
-        params, key, index, prompt, graphdef=graphdef, settings=settings, num_tokens=num_tokens)
+        params, key, index, prompt, forced, graphdef=graphdef, settings=settings,
+        num_tokens=num_tokens)
   else:
     if chunk_tokens < 1:
       raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
@@ -313,8 +348,9 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     done = 0
     while done < num_tokens:
       steps = min(chunk_tokens, num_tokens - done)
-      carry, new = _advance(params, rec, carry, graphdef=graphdef, settings=settings,
-                            num_steps=steps)
+      carry, new = _advance(
+          params, rec, carry, None if forced is None else forced[:, done:done + steps],
+          graphdef=graphdef, settings=settings, num_steps=steps)
       pieces.append(new)
       done += steps
       if progress is not None:
@@ -325,8 +361,10 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
 
   if prompt is not None:
     tokens = jnp.concatenate([prompt, tokens], axis=1)
+  sampled = (jnp.float32(num_tokens) if forced is None
+             else jnp.sum(forced < 0, axis=1).astype(jnp.float32))
   return {"tokens": tokens, "log_likelihood": loglik,
-          "mean_entropy": entropy_sum / jnp.float32(num_tokens)}
+          "mean_entropy": entropy_sum / jnp.maximum(sampled, 1.0)}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "zero_token"))

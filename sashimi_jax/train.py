@@ -286,6 +286,8 @@ def _write_samples(writer, config, graphdef, params, step: int) -> None:
     if isinstance(value, tuple):
       audio, sample_rate = value
       writer.write_audio(step, f"samples/{name}", np.asarray(audio), sample_rate)
+    elif isinstance(value, float):  # stereo metrics of the samples and of held-out data
+      writer.write_scalars(step, {f"samples/{name}": value})
     else:
       writer.write_image(step, f"samples/{name}", np.asarray(value))
 

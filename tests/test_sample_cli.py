@@ -18,6 +18,7 @@ from flax import nnx
 from sashimi_jax import audio_summaries
 from sashimi_jax import sample_job
 from sashimi_jax.data import audio as audio_lib
+from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
@@ -95,6 +96,11 @@ def test_stereo_files_have_two_channels_in_order(tmp_path, strategy):
   assert likelihoods == sorted(likelihoods, reverse=True)
   assert sorted(r["file"] for r in saved["samples"]) == [f"sample_{i:03d}.wav" for i in range(3)]
   assert saved["s"] == strategy
+  assert saved["samples_stereo_metrics"]["clips"] == 3
+  assert 0.0 < saved["data_stereo_metrics"]["correlation"] <= 1.0  # held-out demo music
+  for record in saved["samples"]:
+    assert record["stereo"]["level_difference_db_mean"] == pytest.approx(60.0)
+    assert record["stereo"]["mono_collapse"] is False
   assert not list(tmp_path.rglob(".tmp-*"))
 
 
@@ -105,27 +111,108 @@ def _write_stereo_prompt(path, frames, rate):
   return audio
 
 
-@pytest.mark.parametrize("strategy,usable_tokens", [("temporal", 20), ("blocking-4", 18),
-                                                    ("blocking", 10)])
-def test_prompt_tokens_are_a_prefix_of_the_full_stream(tmp_path, strategy, usable_tokens):
-  # 10 prompt frames: temporal uses all 20 samples; blocking-4 the blocks [0, 8) and the left
-  # samples of frames 8, 9 (their right samples come after left frames 10, 11); blocking only
-  # the left channel.
+@pytest.mark.parametrize("strategy,prefix_tokens,stream_tokens", [
+    ("temporal", 20, 20), ("blocking-4", 18, 22), ("blocking", 10, 58)])
+def test_prompt_tokens_follow_the_full_stream(tmp_path, strategy, prefix_tokens, stream_tokens):
+  # 10 prompt frames of a 48-frame clip: temporal covers the first 20 stream positions;
+  # blocking-4 the blocks [0, 8), the left samples of frames 8, 9, then (after left frames 10,
+  # 11) their right samples; blocking the left channel, then (after 38 generated left samples)
+  # the right channel's first 10 samples. -1 marks the positions to generate.
   config = stereo_config(strategy)
   rate = config.dataset.sample_rate
   prompt_audio = _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
   [(_, loaded)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
   assert loaded.shape == (10, 2)
   tokens = sample.prompt_tokens(loaded, config, total_frames=48)
-  assert tokens.shape == (usable_tokens,)
-  # They are exactly the first tokens of a 48-frame clip that starts with the prompt.
+  assert tokens.shape == (stream_tokens,)
+  assert np.all(tokens[:prefix_tokens] >= 0) and (prefix_tokens == stream_tokens
+                                                  or tokens[prefix_tokens] == -1)
+  # The given positions hold exactly the tokens of a 48-frame clip that starts with the prompt.
   # The rest of the clip spans the prompt's range, so the clip's joint min-max scaling (hence its
   # quantisation) is the prompt's own.
   clip = np.concatenate([prompt_audio, np.zeros((38, 2))]).astype(np.float32)
   clip[10:, 0] = prompt_audio.min()
   clip[10:, 1] = prompt_audio.max()
   full = pipeline.encode_clip(clip, config.dataset)
-  np.testing.assert_array_equal(tokens, full[:usable_tokens])
+  given = tokens >= 0
+  assert given.sum() == 20  # both channels of all 10 prompt frames: none dropped
+  np.testing.assert_array_equal(tokens[given], full[:stream_tokens][given])
+
+
+def _clips(output_dir, result):
+  return [sf.read(output_dir / r["file"], dtype="float32")[0] for r in result.records]
+
+
+@pytest.mark.parametrize("strategy", ["blocking", "blocking-4"])
+def test_prompt_right_channel_reaches_the_clip(tmp_path, strategy):
+  # The stub would put silence in the right channel; the prompt's right channel must win.
+  frames = 48
+  config = stereo_config(strategy, frames)
+  rate = config.dataset.sample_rate
+  _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
+  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
+  prompt = sample.prompt_tokens(clip, config, frames)
+  out = tmp_path / "out"
+  result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
+                              num_samples=2, per_device_batch_size=2, clip_frames=frames, chunk_tokens=7,
+                              prompts=prompt[None], prompt_names=["prompt.wav"])
+  flat = pipeline.encode_clip(clip, config.dataset)[
+      stereo.inverse_permutation(10, strategy)].reshape(10, 2)
+  expected_prompt = pipeline.decode_tokens(flat.reshape(-1), stereo_config("temporal").dataset)
+  for audio in _clips(out, result):
+    assert audio.shape == (frames, 2)
+    np.testing.assert_array_equal(audio[:10], expected_prompt)
+    assert np.abs(audio[:10, 1]).max() > 0.1  # the prompt's right channel is not silent
+    assert np.all(np.abs(audio[10:, 0]) > 0.3) and np.all(np.abs(audio[10:, 1]) < 0.01)
+
+
+@pytest.mark.parametrize("strategy,requested,generated", [
+    ("temporal", 30, 30), ("blocking", 30, 48), ("blocking", 48, 48), ("blocking-5", 30, 30),
+    ("blocking-5", 31, 35), ("blocking-5", 48, 48), ("blocking-5", 49, 50)])
+def test_generated_frames_follow_the_training_layout(strategy, requested, generated):
+  # Generated streams are laid out like a sample_len = 48 clip (or whole blocks), then cut.
+  assert layout.generated_frames(requested, is_stereo=True, strategy=strategy,
+                                 sample_len=48) == generated
+  assert layout.generated_frames(requested, is_stereo=False, strategy=strategy,
+                                 sample_len=48) == requested
+
+
+@pytest.mark.parametrize("strategy,frames", [("blocking", 30), ("blocking-5", 31),
+                                             ("blocking-5", 33)])
+def test_odd_lengths_keep_the_channels_apart(tmp_path, strategy, frames):
+  # The stub knows the 48-frame training layout; a length other than sample_len must still put
+  # its silent samples in the right channel (sample.py's job and the TensorBoard summaries).
+  config = stereo_config(strategy, 48)
+  model = ChannelStub(48, strategy)
+  result = sample_job.run_job(model, config, output_dir=str(tmp_path), job={}, num_samples=2,
+                              per_device_batch_size=2, clip_frames=frames)
+  summary = audio_summaries.summary_samples(model, config, jax.random.key(0), num_samples=1,
+                                            num_frames=frames)
+  for audio in [*_clips(tmp_path, result), summary["sample_0/audio"][0]]:
+    assert audio.shape == (frames, 2)
+    assert np.all(np.abs(audio[:, 0]) > 0.3) and np.all(np.abs(audio[:, 1]) < 0.01)
+
+
+def test_blocking_longer_than_a_clip_is_a_clear_error(tmp_path):
+  config = stereo_config("blocking", 48)
+  with pytest.raises(ValueError, match=r"'blocking' model generates one training clip .*48"):
+    sample_job.run_job(ChannelStub(48, "blocking"), config, output_dir=str(tmp_path), job={},
+                       num_samples=1, per_device_batch_size=1, clip_frames=49)
+
+
+def test_dplr_prompt_limit_is_refused_before_compiling(tmp_path, monkeypatch):
+  # A prompt of exactly sample_len frames fills the whole 2 * sample_len stream: DPLR prefill
+  # cannot take it. prompt_tokens refuses it; nothing may be compiled on the way.
+  config = stereo_config("temporal", 48)
+  config.model.layer = "s4"
+  rate = config.dataset.sample_rate
+  _write_stereo_prompt(tmp_path / "prompt.wav", 48, rate)
+  [(_, loaded)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=48)
+  monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before refusing"))
+  with pytest.raises(ValueError, match=r"DPLR \('s4'\) model's prefill takes fewer than .* 96"):
+    sample.prompt_tokens(loaded, config, total_frames=64)
+  config.model.layer = "s4d"  # S4D kernels have any length: the same prompt is accepted.
+  assert sample.prompt_tokens(loaded, config, total_frames=64).shape == (96,)
 
 
 def test_prompted_generation_continues_the_prompt(tmp_path):
@@ -265,8 +352,14 @@ def test_summary_samples_for_tensorboard():
   config = stereo_config("blocking", frames)
   summary = audio_summaries.summary_samples(ChannelStub(frames, "blocking"), config,
                                             jax.random.key(0), num_samples=2, num_frames=frames)
-  assert sorted(summary) == ["sample_0/audio", "sample_0/spectrogram", "sample_1/audio",
-                             "sample_1/spectrogram"]
+  assert sorted(k for k in summary if k.startswith("sample_")) == [
+      "sample_0/audio", "sample_0/spectrogram", "sample_1/audio", "sample_1/spectrogram"]
+  # Stereo metrics of the samples (a silent right channel: correlation 0, left 60 dB louder)
+  # beside those of held-out demo music.
+  assert summary["stereo/correlation"] == 0.0
+  assert summary["stereo/level_difference_db_mean"] == pytest.approx(60.0)
+  assert summary["stereo_data/level_difference_db_mean"] < 20.0
+  assert 0.0 < summary["stereo_data/correlation"] <= 1.0
   audio, rate = summary["sample_1/audio"]
   assert rate == config.dataset.sample_rate and audio.shape == (frames, 2)
   assert np.all(np.abs(audio[:, 1]) < 0.01) and np.all(np.abs(audio[:, 0]) > 0.3)

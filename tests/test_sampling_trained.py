@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import soundfile as sf
 from flax import nnx
 
 from sashimi_jax import heads
 from sashimi_jax import optim
+from sashimi_jax import sample_job
 from sashimi_jax import sampling
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import quantize
@@ -40,6 +42,9 @@ _BATCH = 16
 _STEPS = 600
 _SAMPLES = 8  # samples generated per strategy.
 _STRATEGIES = ("temporal", "blocking", "blocking-16")
+# Lengths other than sample_len (sample.py --seconds): blocking generates one 64-frame clip and
+# cuts it; blocking-16 rounds 40 up to 48 frames (whole blocks) and cuts; temporal any length.
+_ODD_FRAMES = 40
 
 
 def small_stereo_config(strategy: str):
@@ -114,7 +119,8 @@ def initial_model():
 
 
 @pytest.mark.parametrize("strategy", _STRATEGIES)
-def test_model_trained_on_silent_right_channel_generates_silent_right(initial_model, strategy):
+def test_model_trained_on_silent_right_channel_generates_silent_right(initial_model, strategy,
+                                                                       tmp_path):
   graphdef, params, tx = initial_model
   config = small_stereo_config(strategy)
   params, final_bits = _train(params, jnp.asarray(training_tokens(config)), graphdef=graphdef,
@@ -142,3 +148,20 @@ def test_model_trained_on_silent_right_channel_generates_silent_right(initial_mo
   # the left's energy (-20 dB). A channel swap or a lost stream position fails both by far.
   assert zero_fraction >= 0.95, zero_fraction
   assert energy[:, 1].sum() <= 0.01 * energy[:, 0].sum(), energy
+  # The same model sampled through sample.py at a length other than sample_len keeps the
+  # training layout: still a loud left and a silent right channel (a de-interleaving at the
+  # requested length puts left audio into the right channel here).
+  result = sample_job.run_job(model, config, output_dir=str(tmp_path / "odd"), job={},
+                              num_samples=4, per_device_batch_size=4, clip_frames=_ODD_FRAMES)
+  odd = np.stack([sf.read(tmp_path / "odd" / r["file"], dtype="float32")[0]
+                  for r in result.records])
+  chex.assert_shape(odd, (4, _ODD_FRAMES, 2))
+  odd_energy = np.sum(odd**2, axis=1)
+  print(f"{strategy} at {_ODD_FRAMES} frames: right/left energy "
+        f"{odd_energy[:, 1].sum() / odd_energy[:, 0].sum():.2e}")
+  assert np.all(np.sqrt(odd_energy[:, 0] / _ODD_FRAMES) > 0.2), odd_energy
+  assert odd_energy[:, 1].sum() <= 0.01 * odd_energy[:, 0].sum(), odd_energy
+  if strategy == "blocking":
+    with pytest.raises(ValueError, match="one training clip"):
+      sample_job.run_job(model, config, output_dir=str(tmp_path / "long"), job={},
+                         num_samples=1, per_device_batch_size=1, clip_frames=_FRAMES + 1)

@@ -48,6 +48,8 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
       # Absent from configs saved before these options existed: the model's defaults.
       remat=getattr(m, "remat", "none"),
       compute_dtype=getattr(m, "compute_dtype", "float32"),
+      input_conv_width=int(getattr(m, "input_conv_width", 0) or 0),
+      input_conv_kind=str(getattr(m, "input_conv_kind", "dense")),
       l_max=l_max,
       rngs=rngs,
   )

@@ -24,6 +24,7 @@ from flax import nnx
 
 from sashimi_jax.models import layers
 from sashimi_jax.models import level as level_lib
+from sashimi_jax.models.input_conv import CausalInputConv
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -40,7 +41,9 @@ class SaShiMiLM(nnx.Module):
   stages' rematerialisation in convolution mode (models/stage.py REMATS); `compute_dtype`
   ("float32" or "bfloat16") is the dtype of activations, embeddings, linear layers and GLU/GELU,
   with float32 parameters, SSM kernels, FFT convolution, LayerNorm statistics, outputs and
-  recurrent state.
+  recurrent state;
+  `input_conv_width` > 0 adds a residual causal convolution of that width (`input_conv_kind`
+  `dense` or `depthwise`) to the embeddings before level 0 (`input_conv.py`).
   """
 
   def __init__(
@@ -66,6 +69,8 @@ class SaShiMiLM(nnx.Module):
       conv_impl: str = "auto",
       remat: str = "none",
       compute_dtype: str = "float32",
+      input_conv_width: int = 0,
+      input_conv_kind: str = "dense",
       l_max: int,
       rngs: nnx.Rngs,
   ):
@@ -108,6 +113,8 @@ class SaShiMiLM(nnx.Module):
     self.embedding = nnx.Embed(
         num_tokens, d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
     )
+    self.input_conv = (CausalInputConv(d_model, input_conv_width, kind=input_conv_kind, rngs=rngs)
+                       if input_conv_width > 0 else None)
     depth = len(pool)
     inner = level_lib.Center(widths[depth], rate_tokens=self.rate_frames[depth], rngs=rngs,
                              **stage_options(depth))
@@ -148,6 +155,8 @@ class SaShiMiLM(nnx.Module):
     if padded != frames:  # causal: right padding cannot change earlier outputs.
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - frames)))
     x = self.embedding(tokens).astype(self.compute_dtype)
+    if self.input_conv is not None:
+      x = self.input_conv(x).astype(self.compute_dtype)
     y, captured = self.level(x, deterministic=deterministic, rngs=rngs, capture=capture)
     return self.head(self.norm(y))[:, :frames].astype(jnp.float32), captured
 
@@ -173,7 +182,10 @@ class SaShiMiLM(nnx.Module):
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return {"t": jnp.zeros((), jnp.int32), "level": self.level.init_state(batch_size)}
+    state = {"t": jnp.zeros((), jnp.int32), "level": self.level.init_state(batch_size)}
+    if self.input_conv is not None:
+      state["input_conv"] = self.input_conv.init_state(batch_size)
+    return state
 
   def step(self, rec: Any, state: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """One token per stream: tokens (B,) int -> (outputs (B, output_dim) float32, next state).
@@ -181,9 +193,13 @@ class SaShiMiLM(nnx.Module):
     Pure; meant to run inside `jax.lax.scan`. Output equals `__call__` at the same position.
     """
     x = self.embedding(tokens).astype(self.compute_dtype)
+    next_state = {}
+    if self.input_conv is not None:
+      x, next_state["input_conv"] = self.input_conv.step(state["input_conv"], x)
+      x = x.astype(self.compute_dtype)
     y, level_state = self.level.step(state["t"], rec, state["level"], x)
-    outputs = self.head(self.norm(y)).astype(jnp.float32)
-    return outputs, {"t": state["t"] + 1, "level": level_state}
+    next_state.update(t=state["t"] + 1, level=level_state)
+    return self.head(self.norm(y)).astype(jnp.float32), next_state
 
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.
@@ -208,6 +224,10 @@ class SaShiMiLM(nnx.Module):
     )
     level_state = self.level.prefill_state(rec, captured, prompt_tokens, batch)
     state = {"t": jnp.asarray(prompt_tokens, jnp.int32), "level": level_state}
+    if self.input_conv is not None:
+      # The values the convolution mode saw (rounded to compute_dtype), kept in float32.
+      state["input_conv"] = self.input_conv.prefill_state(
+          self.embedding(tokens).astype(self.compute_dtype).astype(jnp.float32))
     return outputs[:, :prompt_tokens], state
 
   def _check_tokens(self, tokens):
