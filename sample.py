@@ -21,28 +21,18 @@ every clip's log-likelihood (and prompt), sorted from most to least likely.
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Optional
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
-import jax.numpy as jnp
-import numpy as np
-import tqdm
 
 from sashimi_jax import audio_output
 from sashimi_jax import compilation_cache
-from sashimi_jax import config as config_lib
 from sashimi_jax import console
 from sashimi_jax import distributed
+from sashimi_jax import prompts
 from sashimi_jax import sample_job
-from sashimi_jax import sampling
-from sashimi_jax.data import layout
-from sashimi_jax.data import pipeline
-from sashimi_jax.data import stereo
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -70,7 +60,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "(every prompt cut to the shortest one's length).", flag_values=fv)
   flags.DEFINE_float("prompt_seconds", None, "Seconds of each prompt to use (default: half a "
                      "clip, at most one training clip minus one pooling block).", flag_values=fv)
-  flags.DEFINE_enum("prompt_mono", "duplicate", list(sample_job.PROMPT_MONO),
+  flags.DEFINE_enum("prompt_mono", "duplicate", list(prompts.PROMPT_MONO),
                     "A mono prompt for a stereo model: duplicate it to both channels (logged), "
                     "or refuse it.", flag_values=fv)
   flags.DEFINE_bool("verify_step", False,
@@ -98,157 +88,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   distributed.define_flags(fv)
 
 
-def prompt_tokens(prompt_audio: np.ndarray, config, total_frames: int) -> np.ndarray:
-  """Stream tokens of a prompt clip that opens clips of `total_frames` frames.
-
-  The prompt is encoded exactly like a training clip (`pipeline.encode_clip`) and laid out in the
-  order of the clip the model generates (`layout.generated_frames`, `layout.prompt_stream`): for
-  `temporal` and whole `blocking-N` blocks a prefix of the stream; otherwise (e.g. `blocking`,
-  whose right channel follows the whole left one) with `layout.NOT_GIVEN` (-1) at the positions
-  generated before later prompt samples. Lengths are checked here, before anything compiles.
-
-  Args:
-    prompt_audio: float32 (prompt_frames, C) at the training sample rate and channel count.
-    config: the run's ConfigDict.
-    total_frames: frames of the clips to generate (> prompt_frames).
-
-  Returns:
-    int32 (K,) stream tokens (-1 = generated), starting with at least one given token.
-  """
-  dataset = config.dataset
-  prompt_frames = prompt_audio.shape[0]
-  if not 1 <= prompt_frames < total_frames:
-    raise ValueError(f"The prompt ({prompt_frames} frames) must be shorter than the clips "
-                     f"({total_frames} frames); lower --prompt_seconds or raise --seconds.")
-  if prompt_frames > int(dataset.sample_len):
-    # The prompt is consumed in convolution mode, whose kernels cover one training clip.
-    raise ValueError(f"The prompt ({prompt_frames} frames) is longer than the training clips "
-                     f"(dataset.sample_len={dataset.sample_len} frames); lower --prompt_seconds.")
-  stream = pipeline.encode_clip(prompt_audio, dataset)
-  if dataset.is_stereo:
-    strategy = dataset.interleaving_strategy
-    flat = stream[stereo.inverse_permutation(prompt_frames, strategy)]  # frame-major (2 P,)
-    stream_frames = layout.generated_frames(total_frames, is_stereo=True, strategy=strategy,
-                                            sample_len=int(dataset.sample_len))
-    stream = layout.prompt_stream(flat, stream_frames, strategy)
-  prefix, _ = layout.split_prompt(stream)
-  layout.check_prefill_length(prefix.shape[0], layer=str(config.model.layer),
-                              l_max=config_lib.l_max(config))
-  return stream.astype(np.int32)
-
-
-def verify_recurrence(model, config, *, max_tokens: Optional[int] = None) -> float:
-  """Relative L2 difference between convolution-mode and recurrent outputs on one clip.
-
-  The clip is the first validation clip (the training split if the run has no validation
-  split), fed as in training (`x = [zero, y[:-1]]`).
-  """
-  try:
-    batches = pipeline.create_eval_batches(config.dataset, split="valid", global_batch_size=1,
-                                           max_batches=1)
-  except ValueError:
-    batches = pipeline.create_eval_batches(config.dataset, split="train", global_batch_size=1,
-                                           max_batches=1)
-  batch = batches[0]
-  x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
-  if max_tokens is not None:
-    x, y = x[:, :max_tokens], y[:, :max_tokens]
-  conv = jax.jit(lambda m, t: m(t))(model, x)
-  recurrent = sampling.teacher_forced_outputs(model, y)
-  return sampling.relative_difference(conv, recurrent)
-
-
-def _prompt_tokens(fv, config, clip_frames: int) -> tuple[Optional[np.ndarray], list[str], dict]:
-  """The prompts' (n, P) tokens, their names, and the job arguments they add."""
-  if not fv.prompt:
-    return None, [], {"prompts": None}
-  rate = int(config.dataset.sample_rate)
-  if fv.prompt_seconds is None:
-    frames = sample_job.default_prompt_frames(config, clip_frames)
-    logging.info("Using the first %d frames (%.4f s) of each prompt: half a clip, at most one "
-                 "training clip minus one pooling block (set --prompt_seconds to choose).",
-                 frames, frames / rate)
-  else:
-    frames = int(round(fv.prompt_seconds * rate))
-    if frames < 1:
-      raise ValueError(f"--prompt_seconds={fv.prompt_seconds} gives no frames.")
-    most = sample_job.max_prompt_frames(config)
-    if frames > most:
-      raise ValueError(f"--prompt_seconds={fv.prompt_seconds} ({frames} frames) is longer than "
-                       f"this model takes: at most {most / rate:.4f} s ({most} frames, one "
-                       "training clip minus one pooling block).")
-  paths = sample_job.prompt_paths(fv.prompt)
-  loaded = sample_job.load_prompts(paths, config, frames=frames, mono=fv.prompt_mono)
-  tokens = sample_job.common_prompt_tokens(
-      [prompt_tokens(clip, config, clip_frames) for _, clip in loaded])
-  names = [os.path.abspath(path) for path, _ in loaded]
-  return tokens, names, {"prompts": names, "prompt_frames": frames,
-                         "prompt_mono": fv.prompt_mono}
-
-
-def run(fv: flags.FlagValues) -> int:
-  """Runs the program for parsed flags; returns the process exit code."""
-  from sashimi_jax import checkpoint  # pylint: disable=g-import-not-at-top
-
-  if not fv.workdir:
-    raise app.UsageError("--workdir is required (the training run's directory).")
-  reason = distributed.initialize_from_flags(fv, os.environ)
-  if reason:
-    logging.info("jax.distributed initialized (%s).", reason)
-  config, model, step = checkpoint.load_for_inference(fv.workdir, fv.step)
-  logging.info("Loaded step %d from %s; process %d/%d, %d devices.", step, fv.workdir,
-               jax.process_index(), jax.process_count(), jax.device_count())
-  if fv.verify_step:
-    difference = verify_recurrence(model, config)
-    ok = difference <= fv.verify_tolerance
-    print(f"conv vs recurrent relative difference: {difference:.3e} "
-          f"(tolerance {fv.verify_tolerance:.1e}): {'OK' if ok else 'FAILED'}")
-    if not ok:
-      return 1
-  if fv.num_samples < 1:
-    return 0
-  sample_rate = int(config.dataset.sample_rate)
-  clip_frames = int(round(fv.seconds * sample_rate))
-  prompts, prompt_names, prompt_job = _prompt_tokens(fv, config, clip_frames)
-  output_dir = fv.output_dir or os.path.join(fv.workdir, "samples")
-  options = audio_output.OutputOptions(
-      output_rate_hz=fv.output_rate, file_format=fv.format, subtype=fv.subtype,
-      loudness_dbfs=fv.loudness_dbfs).validate()
-  job = {"workdir": os.path.abspath(fv.workdir), "step": step, "num_samples": fv.num_samples,
-         "clip_seconds": fv.seconds, "seed": fv.seed, "temperature": fv.temperature,
-         "top_p": fv.top_p, "spectrograms": fv.spectrograms,
-         "per_device_batch_size": fv.per_device_batch_size, **prompt_job,
-         **audio_output.options_record(options, sample_rate)}
-  is_main = jax.process_index() == 0
-  new_tokens = clip_frames * (2 if config.dataset.is_stereo else 1) - (
-      0 if prompts is None else prompts.shape[1])
-  with tqdm.tqdm(total=fv.num_samples * max(new_tokens, 0), unit="tok", unit_scale=True,
-                 disable=not is_main, desc="sampling") as bar:
-
-    def progress(tokens_done):
-      bar.update(tokens_done - bar.n)
-
-    result = sample_job.run_job(
-        model, config, output_dir=output_dir, job=job, num_samples=fv.num_samples,
-        per_device_batch_size=fv.per_device_batch_size, clip_frames=clip_frames,
-        prompts=prompts, prompt_names=prompt_names, temperature=fv.temperature, top_p=fv.top_p,
-        seed=fv.seed, chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms,
-        progress=progress, output_options=options)
-  if is_main:
-    best = result.records[0]
-    print(f"Wrote {result.generated} clips to {output_dir} ({result.skipped} already complete); "
-          f"{audio_output.format_speed(result.speed)}; most likely: "
-          f"{best['file']} ({best['bits_per_token']:.3f} bits/token).")
-  return 0
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.quiet_library_logs()
   try:
     compilation_cache.enable(flags.FLAGS.compilation_cache_dir)
-    code = run(flags.FLAGS)
+    code = sample_job.run_from_flags(flags.FLAGS)
   except (FileNotFoundError, ValueError) as e:  # bad flags, files or checkpoint: one line.
     # A caught ValueError may also be a bug: its traceback is shown with --verbosity=1.
     logging.debug("Traceback of the error below:", exc_info=True)

@@ -35,7 +35,6 @@ import pathlib
 import runpy
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app

@@ -13,7 +13,6 @@ be reported with and without compilation (`speed_report`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import threading

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -33,140 +32,27 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import jax
 import numpy as np
+import tqdm
 
 from sashimi_jax import audio_output
 from sashimi_jax import audio_summaries
+from sashimi_jax import distributed
+from sashimi_jax import prompts
 from sashimi_jax import sampling
 from sashimi_jax import sharding
 from sashimi_jax import stereo_metrics
-from sashimi_jax.data import audio
 from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
+from sashimi_jax.data import stereo
 
 JOB_FILE = "job.json"
 SAMPLES_FILE = "samples.json"
 RECORDS_DIR = "records"
 TEMP_PREFIX = ".tmp-"
-PROMPT_MONO = ("duplicate", "error")
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 def clip_name(index: int) -> str:
   return f"sample_{index:03d}"
-
-
-# ------------------------------------------------------------------------------------------------
-# Prompts.
-
-
-def prompt_paths(spec: str) -> list[str]:
-  """The prompt files a --prompt value names, in order.
-
-  Args:
-    spec: an audio file; a folder (its audio files, recursively, in natural sort order); or a
-      list file (.txt/.lst/.list): one path per line, relative to the list's folder, blank lines
-      and lines starting with '#' ignored.
-
-  Raises:
-    FileNotFoundError: naming what is missing.
-  """
-  if os.path.isdir(spec):
-    paths, ignored = audio.find_audio_files(spec)
-    if ignored:
-      logging.info("--prompt %s: ignored %d non-audio files.", spec, ignored)
-    if not paths:
-      raise FileNotFoundError(f"--prompt {spec}: the folder holds no audio files.")
-    return paths
-  if not os.path.isfile(spec):
-    raise FileNotFoundError(f"--prompt {spec} does not exist (expected an audio file, a folder "
-                            "or a list file).")
-  if not spec.lower().endswith(LIST_EXTENSIONS):
-    return [spec]
-  base = os.path.dirname(os.path.abspath(spec))
-  with open(spec, encoding="utf-8") as f:
-    lines = [l.strip() for l in f]
-  paths = [os.path.join(base, l) for l in lines if l and not l.startswith("#")]
-  if not paths:
-    raise FileNotFoundError(f"--prompt {spec}: the list names no files.")
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise FileNotFoundError(f"--prompt {spec}: listed file(s) not found: {', '.join(missing)}")
-  return paths
-
-
-def max_prompt_frames(config) -> int:
-  """The longest prompt the model's convolution-mode prefill takes: one training clip minus one
-  coarsest block (prefill pads the prompt by up to one block and the kernels cover one clip)."""
-  from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  return max(1, int(config.dataset.sample_len) - config_lib.pool_factor(config.model))
-
-
-def default_prompt_frames(config, clip_frames: int) -> int:
-  """Half a clip, at most `max_prompt_frames`."""
-  return max(1, min(clip_frames // 2, max_prompt_frames(config)))
-
-
-def load_prompts(paths: Sequence[str], config, *, frames: int,
-                 mono: str = "duplicate") -> list[tuple[str, np.ndarray]]:
-  """Reads the first `frames` frames of each prompt file like training data.
-
-  A file that is unreadable, empty, truncated or not audio is skipped with a warning naming the
-  cause (as `audio.probe_all` does for training data) when several prompts are given, and is an
-  error when it is the only one. A file the model cannot take (rate with resampling off, more
-  than two channels) is an error. A mono file for a stereo model is duplicated to both channels
-  (logged) with `mono="duplicate"`, an error with `mono="error"`.
-
-  Returns:
-    [(path, float32 (prompt_frames <= frames, C))] of the usable files, in order.
-  """
-  if mono not in PROMPT_MONO:
-    raise ValueError(f"--prompt_mono={mono!r} is unknown; valid: {', '.join(PROMPT_MONO)}.")
-  dataset = config.dataset
-  rate, is_stereo = int(dataset.sample_rate), bool(dataset.is_stereo)
-  reader = audio.FileReader()
-  if len(paths) == 1:
-    try:
-      infos = [reader.probe(paths[0])]
-    except audio.BadAudioError as e:
-      raise audio.BadAudioError(f"--prompt {paths[0]}: {e}") from e
-  else:
-    infos = audio.probe_all(reader, list(paths), description="--prompt")
-    if not infos:
-      raise ValueError(f"--prompt: none of the {len(paths)} files is usable (see the warnings).")
-  prompts = []
-  for info in infos:
-    if is_stereo and info.channels == 1:
-      if mono == "error":
-        raise ValueError(f"--prompt {info.name} is mono but the model is stereo; pass "
-                         "--prompt_mono=duplicate to copy it to both channels.")
-      logging.info("Prompt %s is mono: duplicated to both channels of the stereo model "
-                   "(--prompt_mono=error refuses mono prompts).", info.name)
-    try:
-      audio.check_compatible(info, sample_rate=rate, is_stereo=is_stereo,
-                             resample=bool(dataset.get("resample", True)),
-                             mono_to_stereo="duplicate")
-    except ValueError as e:
-      raise ValueError(f"--prompt {e}") from e
-    source_frames = min(info.frames, math.ceil(frames * info.sample_rate / rate) + 1)
-    clip = audio.resample_audio(reader.read(info.key, 0, source_frames), info.sample_rate, rate)
-    clip = audio.fix_channels(clip, is_stereo=is_stereo)[:frames]
-    if clip.shape[0] < frames:
-      logging.warning("Prompt %s has %d frames, fewer than the %d asked for; using all.",
-                      info.name, clip.shape[0], frames)
-    prompts.append((info.key, np.asarray(clip, np.float32)))
-  return prompts
-
-
-def common_prompt_tokens(token_lists: Sequence[np.ndarray]) -> np.ndarray:
-  """(n, P) tokens: every prompt cut to the shortest one's P tokens (a batch shares one length,
-  and a clip must not depend on which batch it lands in)."""
-  length = min(int(t.shape[0]) for t in token_lists)
-  longer = sum(int(t.shape[0]) > length for t in token_lists)
-  if longer:
-    logging.info("%d of %d prompts cut to the shortest prompt's %d tokens.", longer,
-                 len(token_lists), length)
-  return np.stack([np.asarray(t[:length], np.int32) for t in token_lists])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -451,3 +337,64 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
                    seconds=seconds,
                    tokens_per_second=pending.size * new_tokens / max(seconds, 1e-9),
                    records=records, speed=speed)
+
+
+def run_from_flags(fv) -> int:
+  """sample.py's program for its parsed flags (`fv`, an absl FlagValues); returns the exit code.
+
+  Loads the checkpoint (falling back past damaged steps), optionally compares convolution and
+  recurrent outputs (--verify_step), then generates --num_samples clips as one resumable job.
+  """
+  from sashimi_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
+  if not fv.workdir:
+    raise ValueError("--workdir is required (the training run's directory).")
+  reason = distributed.initialize_from_flags(fv, os.environ)
+  if reason:
+    logging.info("jax.distributed initialized (%s).", reason)
+  config, model, step = checkpoint.load_for_inference(fv.workdir, fv.step)
+  logging.info("Loaded step %d from %s; process %d/%d, %d devices.", step, fv.workdir,
+               jax.process_index(), jax.process_count(), jax.device_count())
+  if fv.verify_step:
+    difference = sampling.verify_recurrence(model, config)
+    ok = difference <= fv.verify_tolerance
+    print(f"conv vs recurrent relative difference: {difference:.3e} "
+          f"(tolerance {fv.verify_tolerance:.1e}): {'OK' if ok else 'FAILED'}")
+    if not ok:
+      return 1
+  if fv.num_samples < 1:
+    return 0
+  sample_rate = int(config.dataset.sample_rate)
+  clip_frames = int(round(fv.seconds * sample_rate))
+  prompt_tokens, prompt_names, prompt_job = prompts.prepare_prompts(
+      fv.prompt, config, clip_frames, prompt_seconds=fv.prompt_seconds, prompt_mono=fv.prompt_mono)
+  output_dir = fv.output_dir or os.path.join(fv.workdir, "samples")
+  options = audio_output.OutputOptions(
+      output_rate_hz=fv.output_rate, file_format=fv.format, subtype=fv.subtype,
+      loudness_dbfs=fv.loudness_dbfs).validate()
+  job = {"workdir": os.path.abspath(fv.workdir), "step": step, "num_samples": fv.num_samples,
+         "clip_seconds": fv.seconds, "seed": fv.seed, "temperature": fv.temperature,
+         "top_p": fv.top_p, "spectrograms": fv.spectrograms,
+         "per_device_batch_size": fv.per_device_batch_size, **prompt_job,
+         **audio_output.options_record(options, sample_rate)}
+  is_main = jax.process_index() == 0
+  new_tokens = stereo.stream_length(clip_frames, bool(config.dataset.is_stereo)) - (
+      0 if prompt_tokens is None else prompt_tokens.shape[1])
+  with tqdm.tqdm(total=fv.num_samples * max(new_tokens, 0), unit="tok", unit_scale=True,
+                 disable=not is_main, desc="sampling") as bar:
+
+    def progress(tokens_done):
+      bar.update(tokens_done - bar.n)
+
+    result = run_job(
+        model, config, output_dir=output_dir, job=job, num_samples=fv.num_samples,
+        per_device_batch_size=fv.per_device_batch_size, clip_frames=clip_frames,
+        prompts=prompt_tokens, prompt_names=prompt_names, temperature=fv.temperature, top_p=fv.top_p,
+        seed=fv.seed, chunk_tokens=fv.chunk_tokens, spectrograms=fv.spectrograms,
+        progress=progress, output_options=options)
+  if is_main:
+    best = result.records[0]
+    print(f"Wrote {result.generated} clips to {output_dir} ({result.skipped} already complete); "
+          f"{audio_output.format_speed(result.speed)}; most likely: "
+          f"{best['file']} ({best['bits_per_token']:.3f} bits/token).")
+  return 0

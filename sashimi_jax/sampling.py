@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from sashimi_jax import heads
+from sashimi_jax.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,3 +405,24 @@ def relative_difference(reference: jax.Array, other: jax.Array) -> float:
   reference = np.asarray(reference, np.float64)
   other = np.asarray(other, np.float64)
   return float(np.linalg.norm(reference - other) / max(np.linalg.norm(reference), 1e-30))
+
+
+def verify_recurrence(model, config, *, max_tokens: Optional[int] = None) -> float:
+  """Relative L2 difference between convolution-mode and recurrent outputs on one clip.
+
+  The clip is the first validation clip (the training split if the run has no validation
+  split), fed as in training (`x = [zero, y[:-1]]`).
+  """
+  try:
+    batches = pipeline.create_eval_batches(config.dataset, split="valid", global_batch_size=1,
+                                           max_batches=1)
+  except ValueError:
+    batches = pipeline.create_eval_batches(config.dataset, split="train", global_batch_size=1,
+                                           max_batches=1)
+  batch = batches[0]
+  x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
+  if max_tokens is not None:
+    x, y = x[:, :max_tokens], y[:, :max_tokens]
+  conv = jax.jit(lambda m, t: m(t))(model, x)
+  recurrent = teacher_forced_outputs(model, y)
+  return relative_difference(conv, recurrent)

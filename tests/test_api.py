@@ -1,7 +1,6 @@
 """sashimi_jax.load: the docs/PYTHON_API.md example runs; score and generate agree with the
 definitions."""
 
-import math
 import pathlib
 import re
 
@@ -11,7 +10,6 @@ import soundfile as sf
 
 import sashimi_jax
 from sashimi_jax import evaluate
-from sashimi_jax.data import audio as audio_lib
 import checkpoint_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ import soundfile as sf
 
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import quantize
-from sashimi_jax.data import stereo
 import audio_fixtures as af
 
 

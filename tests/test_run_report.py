@@ -9,7 +9,6 @@ import sys
 
 import ml_collections
 import numpy as np
-import pytest
 from flax import nnx
 
 from sashimi_jax import run_report

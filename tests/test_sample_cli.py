@@ -1,7 +1,6 @@
 """Tests for sample.py and sashimi_jax.audio_summaries: files, channel order, prompts, errors."""
 
 import functools
-import importlib.util
 import json
 import pathlib
 import runpy
@@ -16,6 +15,7 @@ import soundfile as sf
 from flax import nnx
 
 from sashimi_jax import audio_summaries
+from sashimi_jax import prompts
 from sashimi_jax import sample_job
 from sashimi_jax.data import audio as audio_lib
 from sashimi_jax.data import layout
@@ -24,9 +24,6 @@ from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("sample_cli", _ROOT / "sample.py")
-sample = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sample)
 
 _LOUD = 240  # a token far from the zero token: decodes to a loud sample.
 
@@ -121,9 +118,9 @@ def test_prompt_tokens_follow_the_full_stream(tmp_path, strategy, prefix_tokens,
   config = stereo_config(strategy)
   rate = config.dataset.sample_rate
   prompt_audio = _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  [(_, loaded)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
+  [(_, loaded)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
   assert loaded.shape == (10, 2)
-  tokens = sample.prompt_tokens(loaded, config, total_frames=48)
+  tokens = prompts.prompt_tokens(loaded, config, total_frames=48)
   assert tokens.shape == (stream_tokens,)
   assert np.all(tokens[:prefix_tokens] >= 0) and (prefix_tokens == stream_tokens
                                                   or tokens[prefix_tokens] == -1)
@@ -150,8 +147,8 @@ def test_prompt_right_channel_reaches_the_clip(tmp_path, strategy):
   config = stereo_config(strategy, frames)
   rate = config.dataset.sample_rate
   _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
-  prompt = sample.prompt_tokens(clip, config, frames)
+  [(_, clip)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
+  prompt = prompts.prompt_tokens(clip, config, frames)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
                               num_samples=2, per_device_batch_size=2, clip_frames=frames, chunk_tokens=7,
@@ -207,12 +204,12 @@ def test_dplr_prompt_limit_is_refused_before_compiling(tmp_path, monkeypatch):
   config.model.layer = "s4"
   rate = config.dataset.sample_rate
   _write_stereo_prompt(tmp_path / "prompt.wav", 48, rate)
-  [(_, loaded)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=48)
+  [(_, loaded)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=48)
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before refusing"))
   with pytest.raises(ValueError, match=r"DPLR \('s4'\) model's prefill takes fewer than .* 96"):
-    sample.prompt_tokens(loaded, config, total_frames=64)
+    prompts.prompt_tokens(loaded, config, total_frames=64)
   config.model.layer = "s4d"  # S4D kernels have any length: the same prompt is accepted.
-  assert sample.prompt_tokens(loaded, config, total_frames=64).shape == (96,)
+  assert prompts.prompt_tokens(loaded, config, total_frames=64).shape == (96,)
 
 
 def test_prompted_generation_continues_the_prompt(tmp_path):
@@ -220,8 +217,8 @@ def test_prompted_generation_continues_the_prompt(tmp_path):
   config = stereo_config(strategy, frames)
   rate = config.dataset.sample_rate
   _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
-  prompt = sample.prompt_tokens(clip, config, frames)
+  [(_, clip)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
+  prompt = prompts.prompt_tokens(clip, config, frames)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
                               num_samples=2, per_device_batch_size=2, clip_frames=frames,
@@ -239,13 +236,13 @@ def test_mono_prompt_for_a_stereo_model_is_duplicated_or_refused(tmp_path):
   rate = config.dataset.sample_rate
   mono = 0.5 * np.sin(np.arange(100) / 5.0).astype(np.float32)
   sf.write(tmp_path / "mono.wav", mono, rate, subtype="FLOAT")
-  [(_, clip)] = sample_job.load_prompts([str(tmp_path / "mono.wav")], config, frames=20)
+  [(_, clip)] = prompts.load_prompts([str(tmp_path / "mono.wav")], config, frames=20)
   assert clip.shape == (20, 2)
   np.testing.assert_array_equal(clip[:, 0], mono[:20])
   np.testing.assert_array_equal(clip[:, 1], mono[:20])
   with pytest.raises(ValueError, match=r"--prompt .*mono\.wav is mono but the model is stereo; "
                      r"pass --prompt_mono=duplicate"):
-    sample_job.load_prompts([str(tmp_path / "mono.wav")], config, frames=20, mono="error")
+    prompts.load_prompts([str(tmp_path / "mono.wav")], config, frames=20, mono="error")
 
 
 def test_prompt_folder_and_list_skip_bad_files_and_name_the_prompt_of_each_clip(tmp_path, caplog):
@@ -258,19 +255,19 @@ def test_prompt_folder_and_list_skip_bad_files_and_name_the_prompt_of_each_clip(
   _write_stereo_prompt(folder / "a10.wav", 8, rate)   # the shortest: every prompt cut to it.
   (folder / "broken.wav").write_bytes(b"RIFF\x00\x00not audio at all")
   (folder / "notes.md").write_text("not a prompt")
-  paths = sample_job.prompt_paths(str(folder))
+  paths = prompts.prompt_paths(str(folder))
   assert [pathlib.Path(p).name for p in paths] == ["a2.wav", "a10.wav", "broken.wav"]
   listed = tmp_path / "prompts.txt"
   listed.write_text("# prompts\nprompts/a10.wav\n\nprompts/a2.wav\n")
-  assert [pathlib.Path(p).name for p in sample_job.prompt_paths(str(listed))] == [
+  assert [pathlib.Path(p).name for p in prompts.prompt_paths(str(listed))] == [
       "a10.wav", "a2.wav"]
   with caplog.at_level("WARNING"):
-    loaded = sample_job.load_prompts(paths, config, frames=10)
+    loaded = prompts.load_prompts(paths, config, frames=10)
   assert "broken.wav" in caplog.text and "Skipping" in caplog.text
   assert [pathlib.Path(p).name for p, _ in loaded] == ["a2.wav", "a10.wav"]
   assert [c.shape for _, c in loaded] == [(10, 2), (8, 2)]
-  tokens = sample_job.common_prompt_tokens(
-      [sample.prompt_tokens(c, config, frames) for _, c in loaded])
+  tokens = prompts.common_prompt_tokens(
+      [prompts.prompt_tokens(c, config, frames) for _, c in loaded])
   assert tokens.shape == (2, 16)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
@@ -284,17 +281,17 @@ def test_prompt_folder_and_list_skip_bad_files_and_name_the_prompt_of_each_clip(
     np.testing.assert_array_equal(audio[:8], pipeline.decode_tokens(tokens[i % 2],
                                                                     config.dataset))
   with pytest.raises(audio_lib.BadAudioError, match=r"--prompt .*broken\.wav"):
-    sample_job.load_prompts([str(folder / "broken.wav")], config, frames=10)
+    prompts.load_prompts([str(folder / "broken.wav")], config, frames=10)
   with pytest.raises(FileNotFoundError, match=r"--prompt .*missing\.wav does not exist"):
-    sample_job.prompt_paths(str(tmp_path / "missing.wav"))
+    prompts.prompt_paths(str(tmp_path / "missing.wav"))
 
 
 def test_default_prompt_length_fits_the_model():
   config = stereo_config("temporal", sample_len=48)
   config.model.pool = [4, 4]
-  assert sample_job.max_prompt_frames(config) == 32
-  assert sample_job.default_prompt_frames(config, clip_frames=40) == 20
-  assert sample_job.default_prompt_frames(config, clip_frames=400) == 32
+  assert prompts.max_prompt_frames(config) == 32
+  assert prompts.default_prompt_frames(config, clip_frames=40) == 20
+  assert prompts.default_prompt_frames(config, clip_frames=400) == 32
 
 
 def test_rerun_skips_complete_clips_and_other_arguments_are_refused(tmp_path):

@@ -10,7 +10,6 @@ file with a small TFRecord reader (no TensorFlow).
 """
 
 import io
-import json
 import math
 import os
 import pathlib
