@@ -37,9 +37,10 @@ INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
 # lax.platform_dependent: under autodiff a switch pads each branch's residuals with zeros shaped
 # like the others', which scanned layers can materialise (SC09 on TPU read 7.6 GiB/chip with it).
 CONV_IMPLS = ("auto", "fft", "fft_freq", "chunked")
-# Chosen by benchmarks/conv_cost.py and model_speed.py (README "Speed"): TPUs lower FFTs to DFT
-# matmuls, so chunks win there; on CPU chunks were 5% slower in the whole train step.
-AUTO_CONV_IMPL = {"tpu": "chunked", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
+# Chosen by benchmarks/conv_cost.py, tpu_aot.py and model_speed.py (README "Speed"): on CPU chunks
+# were 5% slower in the whole train step. On TPU `chunked` needs 2.4x fewer FLOPs but 3.1x the
+# peak memory of `fft` in the SC09 train step, so TPU stays on `fft` until that is fixed.
+AUTO_CONV_IMPL = {"tpu": "fft", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
 DEFAULT_CHUNK_TOKENS = 64
 CHUNK_TOKENS = {"tpu": 64, "cpu": 64, "cuda": 64, "rocm": 64}
 
