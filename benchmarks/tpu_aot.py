@@ -4,6 +4,8 @@ Needs libtpu (compile-only TPU devices, no TPU required):
   pip install "jax[tpu]"          # or: pip install --target DIR libtpu==<version jax wants>
   ALLOW_MULTIPLE_LIBTPU_LOAD=1 python benchmarks/tpu_aot.py
   python benchmarks/tpu_aot.py --libtpu_path=DIR --topologies=v5e:4x4 --cases=sc09
+  python benchmarks/tpu_aot.py --topologies=v5e:4x4,v5e:16x16 --remat=block \
+      --compute_dtype=float32,bfloat16       # each case in each variant
 
 For each case (SC09 mono: configs/sc09.py; YouTubeMix stereo: configs/youtubemix.py:stereo, a
 262144-token stream) and topology (v5e:4x4 = 16 chips, v5e:16x16 = 256 chips, v4:2x2x2 = 8 chips)
@@ -31,6 +33,10 @@ _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 1, "Examples per chip p
 _SHARD_OPT = flags.DEFINE_bool("shard_optimizer_state", False, "Split the optimizer state.")
 _CONV_IMPL = flags.DEFINE_string("conv_impl", "", "Override model.conv_impl (e.g. fft, chunked); "
                                   "empty keeps the config's (auto).")
+_REMAT = flags.DEFINE_list("remat", ["config"], "model.remat values to compile (none, block); "
+                           "'config' keeps the config's.")
+_COMPUTE_DTYPE = flags.DEFINE_list("compute_dtype", ["config"], "model.compute_dtype values to "
+                                   "compile (float32, bfloat16); 'config' keeps the config's.")
 _SAMPLE_LEN = flags.DEFINE_integer("sample_len", 0, "Override dataset.sample_len (frames) for a "
                                    "quicker probe; 0 keeps the config's.")
 
@@ -45,7 +51,8 @@ def case_config(name: str):
   raise ValueError(f"unknown case {name!r}; use sc09 or youtubemix_stereo")
 
 
-def compile_case(config, topology_name: str) -> dict:
+def compile_case(config, topology_name: str, remat: str = "config",
+                 compute_dtype: str = "config") -> dict:
   """Compiles the train step of `config` for `topology_name`; returns per-chip figures."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -66,6 +73,10 @@ def compile_case(config, topology_name: str) -> dict:
     config.model.conv_impl = _CONV_IMPL.value
   # `auto` resolves for the tracing host's backend (CPU here): resolve it for the TPU target.
   config.model.conv_impl = s4.resolve_conv_impl(config.model.conv_impl, "tpu")
+  if remat != "config":
+    config.model.remat = remat
+  if compute_dtype != "config":
+    config.model.compute_dtype = compute_dtype
   config.train.shard_optimizer_state = _SHARD_OPT.value
   config_lib.validate(config, num_devices=num_chips)
   mesh = sharding.create_mesh(devices)
@@ -83,7 +94,8 @@ def compile_case(config, topology_name: str) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return {"chips": num_chips, "tokens_per_chip": _PER_CHIP_BATCH.value * tokens,
+  return {"remat": config.model.remat, "compute_dtype": config.model.compute_dtype,
+          "chips": num_chips, "tokens_per_chip": _PER_CHIP_BATCH.value * tokens,
           "peak_mib": peak / MIB, "argument_mib": memory.argument_size_in_bytes / MIB,
           "temp_mib": memory.temp_size_in_bytes / MIB,
           "tflops_per_chip": float(cost.get("flops", float("nan"))) / 1e12,
@@ -96,14 +108,15 @@ def main(argv):
   if _LIBTPU_PATH.value:
     sys.path.insert(0, _LIBTPU_PATH.value)
   failures = []
-  print(f"{'case':<18} {'topology':<10} {'chips':>5} {'tokens/chip':>11} {'peak MiB':>9} "
+  print(f"{'case':<18} {'remat':<5} {'dtype':<8} {'topology':<10} {'chips':>5} {'tokens/chip':>11} {'peak MiB':>9} "
         f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10} {'compile s':>9}")
   rows = []
-  for case in _CASES.value:
+  variants = [(r, d) for r in _REMAT.value for d in _COMPUTE_DTYPE.value]
+  for case, (remat, dtype) in [(c, v) for c in _CASES.value for v in variants]:
     by_generation = {}
     for topology_name in _TOPOLOGIES.value:
-      r = compile_case(case_config(case), topology_name)
-      print(f"{case:<18} {topology_name:<10} {r['chips']:>5} {r['tokens_per_chip']:>11,} "
+      r = compile_case(case_config(case), topology_name, remat, dtype)
+      print(f"{case:<18} {r['remat']:<5} {r['compute_dtype']:<8} {topology_name:<10} {r['chips']:>5} {r['tokens_per_chip']:>11,} "
             f"{r['peak_mib']:>9.1f} {r['argument_mib']:>9.1f} {r['temp_mib']:>9.1f} "
             f"{r['tflops_per_chip']:>10.3f} {r['compile_seconds']:>9.0f}", flush=True)
       rows.append(dict(r, case=case, topology=topology_name))
