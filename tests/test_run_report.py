@@ -116,7 +116,10 @@ def test_parameter_counts_per_level_sum_to_the_model_total():
   config.model.unet = True
   params = nnx.to_pure_dict(nnx.state(state_lib.build_model(config, nnx.Rngs(0)), nnx.Param))
   counts = run_report.parameter_counts(params)
-  assert list(counts) == ["embedding", "level 0", "level 1", "center", "norm", "head"]
+  # The stereo preset's input convolution (width 4, dense over 64 features) is its own entry.
+  assert list(counts) == ["embedding", "input_conv", "level 0", "level 1", "center", "norm",
+                          "head"]
+  assert counts["input_conv"] == 4 * 64 * 64 + 64
   total = sum(int(np.prod(x.shape)) for x in __import__("jax").tree_util.tree_leaves(params))
   assert sum(counts.values()) == total
   assert counts["embedding"] == 256 * 64 and counts["norm"] == 2 * 64

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sashimi_jax.models import layers
@@ -234,6 +235,7 @@ class SaShiMiLM(nnx.Module):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an int array (B, T), got {tokens.dtype}{tokens.shape}")
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # traced: checked at the data
-      lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))  # boundary (encode_clip) instead.
+      values = np.asarray(tokens)  # boundary (encode_clip) instead. numpy: also inside a trace.
+      lo, hi = int(values.min()), int(values.max())
       if lo < 0 or hi >= self.num_tokens:  # the embedding lookup would silently clamp them.
         raise ValueError(f"tokens must be in [0, {self.num_tokens}), got values in [{lo}, {hi}]")
