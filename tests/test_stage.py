@@ -47,7 +47,8 @@ def _loop(stage, x, skips=None, keys=None, step=None):
       x = pair.s4(x, deterministic=keys is None, rngs=s4_rngs)
     else:
       rec, state = step
-      x, st = pair.s4.step(jax.tree.map(lambda a: a[i], rec), jax.tree.map(lambda a: a[i], state),
+      x, st = pair.s4.step(jax.tree.map(lambda a: a[i], rec["s4"]),
+                           jax.tree.map(lambda a: a[i], state),
                            x)
       new_states.append(st)
     if skips is not None:
