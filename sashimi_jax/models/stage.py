@@ -1,8 +1,11 @@
 """A stage: `n_layers` identical (S4, FF) residual pairs with stacked parameters, run as one scan.
 
-The pairs' parameters carry a leading layer axis (created with `nnx.vmap` over split rngs), and
-every mode (convolution, recurrent step, recurrence setup, prefill) runs them under one
-`jax.lax.scan` over that axis, so the compiled program holds one pair whatever the depth.
+The pairs' parameters carry a leading layer axis (created with `nnx.vmap` over split rngs). The
+convolution mode (training) runs them under one `jax.lax.scan` over that axis, so the compiled
+train step holds one pair whatever the depth; recurrence setup and prefill map over it. The
+recurrent step, which runs once per token inside the sampler's own scan, visits the layers in a
+Python loop over per-layer slices cut once by `setup_recurrence` (slicing stacked weights inside
+the token loop copies them at every token).
 
 U-Net skips: a down stage returns every residual block's output stacked on the layer axis
 (`outputs`); an up stage adds one skip after every residual block, taken from stacked `skips`
