@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sashimi_jax.data import stereo
+
 
 @dataclasses.dataclass
 class TrainedModel:
@@ -41,7 +43,7 @@ class TrainedModel:
 
   @property
   def channels(self) -> int:
-    return 2 if self.config.dataset.is_stereo else 1
+    return stereo.num_channels(bool(self.config.dataset.is_stereo))
 
   def score(self, audio: np.ndarray, *, sample_rate_hz: Optional[int] = None,
             batch_size: int = 8) -> dict[str, float]:

@@ -21,6 +21,7 @@ from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
 from sashimi_jax import stereo_metrics
 from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
+from sashimi_jax.data import stereo
 
 _CHANNEL_NAMES = ("left", "right")
 SPECTROGRAM_MIN_DB = -100.0  # colour scale of spectrogram pictures: [-100, 0] dBFS.
@@ -146,7 +147,7 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
     num_samples = max(1, int(config.train.get("num_eval_samples", 1) or 1))
   if num_frames is None:
     num_frames = min(int(dataset.sample_len), sample_rate)
-  channels = 2 if dataset.is_stereo else 1
+  channels = stereo.num_channels(bool(dataset.is_stereo))
   stream_frames = layout.generated_frames(
       num_frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
       sample_len=int(dataset.sample_len))

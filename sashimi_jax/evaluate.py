@@ -28,6 +28,7 @@ import numpy as np
 import tqdm
 
 from sashimi_jax import metrics as metrics_lib
+from sashimi_jax.data import stereo
 
 LN2 = math.log(2.0)
 EVAL_METRIC = "eval/bits_per_token"
@@ -105,7 +106,7 @@ class Scores:
     """bits_per_token, bits_per_frame, total_bits and tokens (+ per channel for stereo)."""
     total_tokens = float(self.tokens.sum())
     out = {"bits_per_token": float(self.bits.sum() / total_tokens),
-           "bits_per_frame": float(self.bits.sum() / total_tokens) * (2 if is_stereo else 1),
+           "bits_per_frame": float(self.bits.sum() / total_tokens) * stereo.num_channels(is_stereo),
            "total_bits": float(self.bits.sum()), "tokens": int(total_tokens)}
     if is_stereo:
       out["bits_per_token_left"] = float(self.bits[0] / self.tokens[0])

@@ -245,7 +245,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
     logging.info("%d of %d clips already complete in %s; generating the other %d.",
                  int(done.sum()), num_samples, output_dir, pending.size)
   dataset = config.dataset
-  channels = 2 if dataset.is_stereo else 1
+  channels = stereo.num_channels(bool(dataset.is_stereo))
   # The training layout decides the stream generated (e.g. one whole clip for `blocking`); the
   # clip is cut to clip_frames after de-interleaving.
   stream_frames = layout.generated_frames(

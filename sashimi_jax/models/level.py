@@ -13,7 +13,6 @@ level's pooling blocks. DownPool keeps a ring buffer of its last `pool` inputs; 
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
