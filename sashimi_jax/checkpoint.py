@@ -32,6 +32,7 @@ import grain.checkpoint as grain_checkpoint  # registers the grain iterator Orba
 from absl import logging
 
 from sashimi_jax import checkpoint_integrity as integrity
+from sashimi_jax import config as config_lib
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_SUFFIX = ".damaged"
@@ -62,23 +63,9 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def _to_dict(config) -> dict:
-  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
-
-
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
   """Fields whose values make `saved`'s checkpoint unusable under `current`: {name: (old, new)}."""
-  old, new = _flatten(saved), _flatten(current)
+  old, new = config_lib.flatten(saved), config_lib.flatten(current)
   diffs = {}
   for name in sorted(set(old) | set(new)):
     relevant = (name in _COMPATIBILITY_FIELDS or name.startswith(_COMPATIBILITY_PREFIXES))
@@ -91,7 +78,7 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 
 def check_compatible(saved: Mapping[str, Any], config, *, workdir: str, step: int) -> None:
   """Raises ValueError naming every field that differs incompatibly from the saved config."""
-  diffs = config_differences(saved, _to_dict(config))
+  diffs = config_differences(saved, config_lib.to_dict(config))
   if diffs:
     lines = "\n".join(f"  - {k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in
                       diffs.items())
@@ -149,7 +136,7 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain_checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave({**_to_dict(config), PARAM_LAYOUT_KEY: PARAM_LAYOUT}))
+        config=ocp.args.JsonSave({**config_lib.to_dict(config), PARAM_LAYOUT_KEY: PARAM_LAYOUT}))
     earlier = self.all_steps()
     try:
       with integrity.quiet_orbax_failures():

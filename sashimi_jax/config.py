@@ -8,7 +8,7 @@ clear line per problem, so a bad command line fails in milliseconds instead of a
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 from sashimi_jax import heads
 from sashimi_jax import optim
@@ -34,6 +34,22 @@ REMATS = stage.REMATS
 COMPUTE_DTYPES = sashimi.COMPUTE_DTYPES
 INPUT_CONV_KINDS = input_conv.KINDS
 MIN_BITS, MAX_BITS = quantize.MIN_BITS, quantize.MAX_BITS
+
+
+def to_dict(config) -> dict:
+  """A ConfigDict (or mapping) as a plain nested dict."""
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as in saved JSON configs)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
 
 
 def token_stream_length(dataset_cfg) -> int:

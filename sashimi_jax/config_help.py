@@ -54,8 +54,8 @@ def describe(preset: str) -> str:
     raise FileNotFoundError(f"Config file {path!r} does not exist.")
   config = runpy.run_path(path)["get_config"](arg or None)
   comments = field_comments([os.path.join(os.path.dirname(path), "default.py"), path])
-  from sashimi_jax import run_report  # pylint: disable=g-import-not-at-top
-  flat = run_report.flatten(config.to_dict())
+  from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  flat = config_lib.flatten(config.to_dict())
   width = max(len(f"--config.{k}={v!r}") for k, v in flat.items())
   lines = [f"Config fields of {preset} (override any with --config.FIELD=VALUE):"]
   for name, value in flat.items():

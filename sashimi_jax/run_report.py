@@ -13,23 +13,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from sashimi_jax import config as config_lib
+
 CONFIG_FILE = "config.json"
 _MAX_NAMES = 6  # file names listed per line before "... and N more".
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as in the saved JSON)."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def _to_dict(config) -> dict:
-  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
 def _size(tree) -> int:
@@ -70,7 +57,7 @@ def write_config_json(config, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
+    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True, default=str)
     f.write("\n")
   return path
 
@@ -78,7 +65,7 @@ def write_config_json(config, workdir: str) -> str:
 def config_changes(saved: Mapping[str, Any], current) -> list[str]:
   """Lines `name: old -> new` for every field that differs between a saved and the current
   config."""
-  old, new = flatten(saved), flatten(_to_dict(current))
+  old, new = config_lib.flatten(saved), config_lib.flatten(config_lib.to_dict(current))
   lines = []
   for name in sorted(set(old) | set(new)):
     if old.get(name, "<missing>") != new.get(name, "<missing>"):
@@ -157,7 +144,7 @@ def start_block(config, *, params, mesh, sources, workdir: str, config_path: str
            f"parameters: {total:,} ({', '.join(f'{k} {v:,}' for k, v in counts.items())})"]
   lines += device_lines(mesh)
   lines += data_lines(sources, config.dataset)
-  flat = flatten(_to_dict(config))
+  flat = config_lib.flatten(config_lib.to_dict(config))
   lines.append("config" + (f" (saved to {config_path})" if config_path else "") + ":")
   for section in ("dataset", "model", "train"):
     prefix = section + "."
