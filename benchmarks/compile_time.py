@@ -78,12 +78,7 @@ def main(argv):
           best = row
       rows.append(best)
       print(best, flush=True)
-  keys = []
-  for row in rows:
-    keys += [k for k in row if k not in keys]
-  print(" | ".join(keys))
-  for row in rows:
-    print(" | ".join(str(row.get(k, "")) for k in keys))
+  model_speed.print_table(rows)
   print(json.dumps({"benchmark": "compile_time", "load": os.getloadavg(), "rows": rows}))
 
 

@@ -185,6 +185,16 @@ def step_row(layer: str, n_layers: int, batch_size: int) -> dict:
           "compile_s": round(compile_seconds, 1)}
 
 
+def print_table(rows: list[dict]) -> None:
+  """Prints rows as a `|`-separated table whose columns are every key, in first-seen order."""
+  keys = []
+  for row in rows:
+    keys += [k for k in row if k not in keys]
+  print(" | ".join(keys))
+  for row in rows:
+    print(" | ".join(str(row.get(k, "")) for k in keys))
+
+
 def main(argv):
   del argv
   rows = []
@@ -200,12 +210,7 @@ def main(argv):
       for fn, arg in jobs:
         rows.append(fn(layer, n_layers, arg))
         print(rows[-1], flush=True)
-  keys = []
-  for row in rows:
-    keys += [k for k in row if k not in keys]
-  print(" | ".join(keys))
-  for row in rows:
-    print(" | ".join(str(row.get(k, "")) for k in keys))
+  print_table(rows)
   print(json.dumps({"benchmark": "model_speed", "devices": str(jax.devices()), "rows": rows}))
 
 
