@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sashimi_jax.models.s4 import SSMKernel
+from sashimi_jax.models.kernels import ssm_kernel
 from sashimi_jax.models.ssm import chunkconv
 from sashimi_jax.models.ssm import fftconv
 from sashimi_jax.models.ssm import freqconv
@@ -87,10 +87,8 @@ def _tpu_device():
 
 def measure(layer: str, impl: str, chunk: int, length: int, tpu_device) -> dict:
   """One row: per-token TPU FLOPs/bytes, TPU and CPU peak MiB, CPU seconds per token."""
-  kernel = SSMKernel(_CHANNELS.value, layer=layer, d_state=64, n_ssm=1,
-                     init="legs" if layer == "s4" else "diag-lin",
-                     disc="bilinear" if layer == "s4" else "zoh", dt_min=1e-3, dt_max=1e-1,
-                     l_max=length, rngs=nnx.Rngs(0))
+  kernel = ssm_kernel(_CHANNELS.value, layer=layer, d_state=64, n_ssm=1, l_max=length,
+                      rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(kernel)
   step = _loss_fn(layer, impl, chunk, graphdef)
   shape = (1, length, _CHANNELS.value)

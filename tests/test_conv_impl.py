@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from sashimi_jax import config as config_lib
+from sashimi_jax.models import kernels
 from sashimi_jax.models import s4
 from sashimi_jax.models.ssm import chunkconv
 from sashimi_jax.models.ssm import fftconv
@@ -20,10 +21,8 @@ CHUNK = 16
 
 
 def _kernel(layer, l_max, disc=None):
-  return s4.SSMKernel(8, layer=layer, d_state=16, n_ssm=2,
-                      init="legs" if layer == "s4" else "diag-lin",
-                      disc=disc or s4.DEFAULT_DISC[layer], dt_min=1e-3, dt_max=1e-1,
-                      l_max=l_max, rngs=nnx.Rngs(0))
+  return kernels.ssm_kernel(8, layer=layer, d_state=16, n_ssm=2, disc=disc, l_max=l_max,
+                            rngs=nnx.Rngs(0))
 
 
 def _conv(kernel, u, impl):

@@ -4,32 +4,28 @@ Matches the reference's standalone S4Block (state-spaces/s4 models/s4/s4.py, as
 used by SaShiMi): FFTConv(kernel) -> + D u -> dropout -> GELU -> dropout ->
 Linear(H, 2H) + GLU (final_act="glu") or Linear(H, H) (final_act="id").
 
-The SSM parameters live in the child module `kernel`; all of them except `C`
-take the SSM learning rate and no weight decay (see docs/ARCHITECTURE.md).
+The SSM parameters live in the child module `kernel` (`models/kernels.py`, one class per layer
+type); all of them except `C` take the SSM learning rate and no weight decay (see
+docs/ARCHITECTURE.md).
 """
 
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from sashimi_jax.models import kernels
 from sashimi_jax.models import layers
 from sashimi_jax.models.ssm import chunkconv
-from sashimi_jax.models.ssm import complex_pairs
-from sashimi_jax.models.ssm import discretize
-from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import fftconv
 from sashimi_jax.models.ssm import freqconv
-from sashimi_jax.models.ssm import init as ssm_init
-from sashimi_jax.models.ssm import s4d
 
-LAYERS = ("s4", "s4d")
+LAYERS = kernels.LAYERS
+INITS = kernels.INITS
+DEFAULT_INIT = kernels.DEFAULT_INIT
+DEFAULT_DISC = kernels.DEFAULT_DISC
 FINAL_ACTS = ("glu", "id")
-DEFAULT_INIT = {"s4": "legs", "s4d": "diag-lin"}
-DEFAULT_DISC = {"s4": "bilinear", "s4d": "zoh"}
-INITS = {"s4": ssm_init.DPLR_INITS, "s4d": ssm_init.DIAG_INITS}
 # How the long convolution is computed (see README "Speed"): "fft" builds the kernel in time and
 # uses three FFTs; "fft_freq" evaluates the kernel's spectrum directly (two FFTs); "chunked" passes
 # the SSM state between chunks (matmuls, no FFT); "auto" picks for jax.default_backend() when
@@ -52,117 +48,6 @@ def resolve_conv_impl(conv_impl: str, platform: str) -> str:
   return AUTO_CONV_IMPL.get(platform, "fft")
 
 
-class SSMKernel(nnx.Module):
-  """Owns the SSM parameters of one S4 layer and turns them into kernels/recurrences.
-
-  Parameters (float32; complex values as (..., 2) real/imag pairs):
-    log_dt (H,), log_A_real (S, N/2) = log(-Re A) (keeps Re A < 0), A_imag (S, N/2) = Im A,
-    B (S, N/2, 2),
-    C (H, N/2, 2), and for layer="s4" also P (1, S, N/2, 2) (rank-1 term; C is then
-    the reference's C~ = C (I - A_bar^l_max)).
-  """
-
-  def __init__(self, d_model: int, *, layer: str, d_state: int, n_ssm: int, init: str,
-               disc: str, dt_min: float, dt_max: float, l_max: int, rngs: nnx.Rngs):
-    if layer not in LAYERS:
-      raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
-    if d_state <= 0 or d_state % 2:
-      raise ValueError(f"d_state must be a positive even number, got {d_state}")
-    if n_ssm <= 0 or d_model % n_ssm:
-      raise ValueError(f"n_ssm={n_ssm} must be positive and divide d_model={d_model}")
-    if l_max is None or l_max <= 0:
-      raise ValueError(f"l_max must be a positive int, got {l_max}")
-    discretize.check_disc(disc)
-    self.layer = layer
-    self.disc = disc
-    self.l_max = int(l_max)
-    num_modes = d_state // 2
-    if layer == "s4d":
-      A, B = ssm_init.diag_init(init, d_state)
-    else:
-      if disc != "bilinear":
-        raise ValueError(f"layer 's4' (DPLR) supports only disc='bilinear', got {disc!r}")
-      A, P, B = ssm_init.dplr_init(init, d_state)
-    tile = lambda x: np.broadcast_to(x, (n_ssm,) + x.shape).copy()
-    self.log_dt = nnx.Param(discretize.sample_log_dt(rngs.params(), d_model, dt_min, dt_max))
-    self.log_A_real = nnx.Param(jnp.asarray(np.log(np.maximum(-tile(A.real), 1e-4)), jnp.float32))
-    self.A_imag = nnx.Param(jnp.asarray(tile(A.imag), jnp.float32))
-    self.B = nnx.Param(complex_pairs.to_pairs(tile(B)))
-    # Complex standard normal C: each of Re, Im has variance 1/2 (torch.randn, cfloat).
-    C = jax.random.normal(rngs.params(), (d_model, num_modes, 2), jnp.float32) * np.sqrt(0.5)
-    if layer == "s4":
-      self.P = nnx.Param(complex_pairs.to_pairs(tile(P[0])[None]))
-      C = self._c_tilde_from_c(C)
-    self.C = nnx.Param(C)
-
-  def _ssm_args(self):
-    """(log_dt, log_A_real, A_imag, B[, P]) arrays, then C."""
-    args = (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...])
-    if self.layer == "s4":
-      args += (self.P[...],)
-    return args + (self.C[...],)
-
-  def __call__(self, length: int) -> jax.Array:
-    """Convolution kernel (H, length) float32.
-
-    S4D: any length. S4 (DPLR): C~ ties the kernel to l_max, so length <= l_max
-    and the l_max-long kernel is truncated (as the reference does).
-    """
-    if self.layer == "s4d":
-      return s4d.s4d_kernel(*self._ssm_args(), length=length, disc=self.disc)
-    self._check_length(length)
-    return dplr.dplr_kernel(*self._ssm_args(), length=self.l_max)[:, :length]
-
-  def spectrum(self, length: int) -> jax.Array:
-    """rfft at n = 2 length of the kernel's first `length` taps: (H, length + 1) complex64."""
-    if self.layer == "s4d":
-      return freqconv.s4d_spectrum(*self._ssm_args(), length=length, disc=self.disc)
-    self._check_length(length)
-    return freqconv.dplr_spectrum(*self._ssm_args(), length=length, l_max=self.l_max)
-
-  def chunk_ops(self, chunk: int) -> dict:
-    """Operators of chunkconv.chunked_causal_conv for chunks of `chunk` tokens."""
-    if self.layer == "s4d":
-      return chunkconv.s4d_chunk_ops(*self._ssm_args(), chunk=chunk, disc=self.disc)
-    return chunkconv.dplr_chunk_ops(*self._ssm_args(), chunk=chunk, l_max=self.l_max)
-
-  def _check_length(self, length: int):
-    if self.layer == "s4" and length > self.l_max:
-      raise ValueError(f"S4 (DPLR) layer built for l_max={self.l_max} got a sequence of "
-                       f"length {length}; its C~ parameterisation fixes the kernel length")
-
-  def _c_tilde_from_c(self, C):
-    args = (self.log_dt[...], self.log_A_real[...], self.A_imag[...], self.B[...], self.P[...])
-    # One compiled call instead of ~2 log2(l_max) eager matmuls when built eagerly.
-    c_tilde = jax.jit(dplr.c_tilde_from_c, static_argnames="length")
-    return c_tilde(*args, C, length=self.l_max)
-
-  def setup_recurrence(self) -> dict:
-    """Discretised step matrices (a pytree of float32 arrays); call once, outside loops."""
-    if self.layer == "s4d":
-      return s4d.s4d_recurrence(*self._ssm_args(), disc=self.disc)
-    return dplr.dplr_recurrence(*self._ssm_args(), length=self.l_max)
-
-  def init_state(self, batch_size: int):
-    """Zero state: a (Re s, Im s) pair of (B, H, N/2) float32 arrays (fixed shapes)."""
-    num_channels, num_modes = self.C.shape[0], self.C.shape[1]
-    if self.layer == "s4d":
-      return s4d.s4d_init_state(batch_size, num_channels, num_modes)
-    return dplr.dplr_init_state(batch_size, num_channels, 2 * num_modes)
-
-  def step(self, rec: dict, state, u: jax.Array):
-    """u (B, H) -> (y (B, H), state)."""
-    if self.layer == "s4d":
-      return s4d.s4d_step(rec, state, u)
-    return dplr.dplr_step(rec, state, u)
-
-  def prefill_state(self, rec: dict, u: jax.Array):
-    """State after consuming u (B, L, H) from the zero state."""
-    if self.layer == "s4d":
-      return s4d.s4d_prefill_state(rec, u)
-    return dplr.dplr_prefill_state(rec, u)
-
-
 class S4Block(nnx.Module):
   """S4 (DPLR) or S4D layer with output projection, (B, L, H) -> (B, L, H)."""
 
@@ -172,8 +57,6 @@ class S4Block(nnx.Module):
                conv_impl: str = "auto", rngs: nnx.Rngs):
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f"unknown conv_impl {conv_impl!r}; expected one of {CONV_IMPLS}")
-    if layer not in LAYERS:
-      raise ValueError(f"unknown layer {layer!r}; expected one of {LAYERS}")
     if final_act not in FINAL_ACTS:
       raise ValueError(f"unknown final_act {final_act!r}; expected one of {FINAL_ACTS}")
     if not 0.0 <= dropout < 1.0:
@@ -182,11 +65,9 @@ class S4Block(nnx.Module):
     self.conv_impl = conv_impl
     self.final_act = final_act
     self.dropout = float(dropout)
-    self.kernel = SSMKernel(
-        d_model, layer=layer, d_state=d_state, n_ssm=n_ssm,
-        init=init if init is not None else DEFAULT_INIT[layer],
-        disc=disc if disc is not None else DEFAULT_DISC[layer],
-        dt_min=dt_min, dt_max=dt_max, l_max=l_max, rngs=rngs)
+    self.kernel = kernels.ssm_kernel(d_model, layer=layer, d_state=d_state, n_ssm=n_ssm,
+                                     init=init, disc=disc, dt_min=dt_min, dt_max=dt_max,
+                                     l_max=l_max, rngs=rngs)
     self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
     d_out = 2 * d_model if final_act == "glu" else d_model
     self.output_linear = layers.torch_linear(d_model, d_out, rngs=rngs)
@@ -223,7 +104,7 @@ class S4Block(nnx.Module):
     """Causal SSM convolution of x (B, L, H) -> (B, L, H) float32 by `conv_impl`."""
     conv_impl = conv_impl or self.conv_impl
     length = x.shape[1]
-    self.kernel._check_length(length)  # pylint: disable=protected-access
+    self.kernel.check_length(length)
     if conv_impl == "auto":
       platform = jax.default_backend()
       conv_impl = resolve_conv_impl(conv_impl, platform)
