@@ -64,7 +64,7 @@ def model_options() -> dict:
 def make_model(layer: str, n_layers: int, l_max: int, **options) -> SaShiMiLM:
   """The SC09 SaShiMi with 2**8 tokens in and categorical logits out (`options`: more kwargs)."""
   return SaShiMiLM(
-      num_tokens=256, output_dim=256, d_model=64, n_layers=n_layers, pool=(4, 4), expand=2, ff=2,
+      vocab_size=256, output_dim=256, d_model=64, n_layers=n_layers, pool=(4, 4), expand=2, ff=2,
       unet=False, dropout=0.0, layer=layer, d_state=64, n_ssm=1, final_act="glu",
       disc="bilinear" if layer == "s4" else "zoh", l_max=l_max, rngs=nnx.Rngs(0), **options)
 

@@ -194,7 +194,7 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
     seed[0] += 1
     return sampling._generate_all(  # pylint: disable=protected-access
         params, jax.random.key(seed[0]), jnp.int32(0), None, graphdef=graphdef,
-        settings=settings, num_tokens=num_tokens)
+        settings=settings, new_tokens=num_tokens)
 
   start = time.perf_counter()
   jax.block_until_ready(run())

@@ -116,7 +116,7 @@ def soak_sampling(workdir: str, batches: int, batch_size: int, seconds: float) -
   times, rss, files = [], [], []
   for b in range(batches):  # one batch of sample.py: generate, then decode to audio on the host.
     start = time.perf_counter()
-    out = sampling.generate(model, key, batch_size=batch_size, num_tokens=tokens,
+    out = sampling.generate(model, key, batch_size=batch_size, new_tokens=tokens,
                             first_sample_index=b * batch_size)
     pipeline.decode_tokens(jax.device_get(out["tokens"]), config.dataset)
     times.append(time.perf_counter() - start)

@@ -196,7 +196,7 @@ def score(workdir: str, clips: np.ndarray) -> dict:
                                             strategy=config.dataset.interleaving_strategy,
                                             sample_len=frames)
     generated = sampling.generate(model, jax.random.key(0), batch_size=_NUM_SAMPLES.value,
-                                  num_tokens=2 * stream_frames)
+                                  new_tokens=2 * stream_frames)
     samples = layout.trim_frames(
         np.asarray(pipeline.decode_tokens(np.asarray(generated["tokens"]), config.dataset)),
         frames)

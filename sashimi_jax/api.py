@@ -120,7 +120,7 @@ class TrainedModel:
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(
-          self.model, key, batch_size=batch_size, num_tokens=stream_frames * self.channels,
+          self.model, key, batch_size=batch_size, new_tokens=stream_frames * self.channels,
           temperature=temperature, top_p=top_p, first_sample_index=first, head=head,
           bits=int(self.config.dataset.bits),
           n_mixtures=int(self.config.model.n_mixtures) if head == "dml" else 0)

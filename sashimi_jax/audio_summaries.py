@@ -153,7 +153,7 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
       sample_len=int(dataset.sample_len))
   head = config.model.output_head
   out = sampling.generate(
-      model, key, batch_size=num_samples, num_tokens=stream_frames * channels, head=head,
+      model, key, batch_size=num_samples, new_tokens=stream_frames * channels, head=head,
       bits=int(dataset.bits), n_mixtures=int(config.model.n_mixtures) if head == "dml" else 0)
   audio = layout.trim_frames(
       np.asarray(pipeline.decode_tokens(np.asarray(out["tokens"]), dataset), np.float32),

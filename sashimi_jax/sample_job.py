@@ -290,7 +290,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
           progress(first * new_tokens + tokens_done * real)
 
       out = sampling.generate(
-          model, key, batch_size=batch, num_tokens=new_tokens, prompt=row_prompts,
+          model, key, batch_size=batch, new_tokens=new_tokens, prompt=row_prompts,
           temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
           chunk_tokens=chunk_tokens, progress=chunk_done, forced=row_forced, **head_kwargs)
       tokens = _local_rows(out["tokens"])

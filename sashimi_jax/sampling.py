@@ -51,22 +51,22 @@ class HeadSpec:
 
 def head_spec(model, *, head: Optional[str] = None, bits: Optional[int] = None,
               n_mixtures: Optional[int] = None) -> HeadSpec:
-  """The model's output head, inferred from `model.num_tokens` / `model.output_dim` if not given.
+  """The model's output head, inferred from `model.vocab_size` / `model.output_dim` if not given.
 
-  `2**bits` is never a multiple of 3, so `output_dim == num_tokens` means categorical and
+  `2**bits` is never a multiple of 3, so `output_dim == vocab_size` means categorical and
   `output_dim == 3 M` means a DML head with M mixtures.
 
   Raises:
     ValueError: if the given or inferred head disagrees with the model's sizes.
   """
-  num_tokens = int(model.num_tokens)
+  vocab_size = int(model.vocab_size)
   model_dim = int(model.output_dim)
   if bits is None:
-    bits = num_tokens.bit_length() - 1
-  if 2**bits != num_tokens:
-    raise ValueError(f"bits={bits} gives {2**bits} tokens but the model embeds {num_tokens}.")
+    bits = vocab_size.bit_length() - 1
+  if 2**bits != vocab_size:
+    raise ValueError(f"bits={bits} gives {2**bits} tokens but the model embeds {vocab_size}.")
   if head is None:
-    head = "categorical" if model_dim == num_tokens else "dml"
+    head = "categorical" if model_dim == vocab_size else "dml"
   if n_mixtures is None:
     n_mixtures = model_dim // 3 if head == "dml" else 0
   if heads.output_dim(head, bits, n_mixtures) != model_dim:
@@ -192,13 +192,13 @@ def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int, forced=N
   return _constrain_rows(settings, carry), _constrain_rows(settings, tokens.T)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_tokens"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "new_tokens"))
 def _generate_all(params, key, first_sample_index, prompt, forced, *, graphdef, settings,
-                  num_tokens):
+                  new_tokens):
   """The whole generation as one compiled function."""
   model = nnx.merge(graphdef, params)
   rec, carry = _prologue(model, settings, key, first_sample_index, prompt)
-  carry, tokens = _scan_steps(model, settings, rec, carry, num_tokens, forced)
+  carry, tokens = _scan_steps(model, settings, rec, carry, new_tokens, forced)
   return tokens, carry[3], carry[4]
 
 
@@ -254,12 +254,12 @@ def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
           None if prompt is None else _global(mesh, np.asarray(prompt), rows=True))
 
 
-def _check_forced(forced, batch_size: int, num_tokens: int, vocabulary: int):
+def _check_forced(forced, batch_size: int, new_tokens: int, vocabulary: int):
   if forced is None:
     return None
-  if forced.shape != (batch_size, num_tokens):
-    raise ValueError(f"forced must have shape (batch_size, num_tokens) = ({batch_size}, "
-                     f"{num_tokens}), got {forced.shape}.")
+  if forced.shape != (batch_size, new_tokens):
+    raise ValueError(f"forced must have shape (batch_size, new_tokens) = ({batch_size}, "
+                     f"{new_tokens}), got {forced.shape}.")
   if not isinstance(forced, jax.core.Tracer):
     values = np.asarray(forced)
     if values.min() < -1 or values.max() >= vocabulary:
@@ -268,7 +268,7 @@ def _check_forced(forced, batch_size: int, num_tokens: int, vocabulary: int):
   return np.asarray(forced, np.int32)
 
 
-def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
+def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
              prompt: Optional[jax.Array] = None, temperature: float = 1.0, top_p: float = 1.0,
              unroll: int = 1, head: Optional[str] = None, bits: Optional[int] = None,
              n_mixtures: Optional[int] = None, first_sample_index: int = 0,
@@ -276,14 +276,14 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
              chunk_tokens: Optional[int] = None,
              progress: Optional[Callable[[int], Any]] = None,
              forced: Optional[jax.Array] = None) -> dict[str, jax.Array]:
-  """Samples `num_tokens` new tokens per stream after an optional prompt.
+  """Samples `new_tokens` new tokens per stream after an optional prompt.
 
   Args:
     model: a `SaShiMiLM` (anything with `setup_recurrence`, `init_state`, `step`, `prefill`,
-      `num_tokens`, `output_dim`, holding only `nnx.Param` state).
+      `vocab_size`, `output_dim`, holding only `nnx.Param` state).
     key: PRNG key; sample i uses `fold_in(key, first_sample_index + i)`.
     batch_size: B, streams generated together.
-    num_tokens: new tokens per stream (>= 1).
+    new_tokens: new tokens per stream (>= 1).
     prompt: optional int (B, P) stream tokens the samples continue (the zero token that opens
       every stream is added here, not by the caller).
     temperature: > 0 (see `heads.sample_tokens`).
@@ -300,18 +300,18 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     chunk_tokens: if set, run the scan in segments of this many tokens, with the state donated
       between segments, calling `progress(tokens_done)` after each.
     progress: callback for `chunk_tokens` mode, given the number of new tokens done so far.
-    forced: optional int (B, num_tokens): where >= 0, the token at that new position is given
+    forced: optional int (B, new_tokens): where >= 0, the token at that new position is given
       (e.g. a `blocking` prompt's right channel, which the stream places after the generated
       left channel) instead of sampled; -1 elsewhere. Forced tokens add nothing to the
       log-likelihood, and `mean_entropy` averages over the sampled tokens only.
 
   Returns:
-    dict(tokens=int32 (B, P + num_tokens) including the prompt, log_likelihood=float32 (B,) sum
+    dict(tokens=int32 (B, P + new_tokens) including the prompt, log_likelihood=float32 (B,) sum
     of the log-probabilities of the sampled tokens under the distribution they were drawn from,
     mean_entropy=float32 (B,) that distribution's entropy averaged over the new tokens (nats)).
   """
-  if batch_size < 1 or num_tokens < 1:
-    raise ValueError(f"need batch_size >= 1 and num_tokens >= 1, got {batch_size}, {num_tokens}.")
+  if batch_size < 1 or new_tokens < 1:
+    raise ValueError(f"need batch_size >= 1 and new_tokens >= 1, got {batch_size}, {new_tokens}.")
   if unroll < 1:
     raise ValueError(f"unroll must be >= 1, got {unroll}.")
   if not temperature > 0:
@@ -320,7 +320,7 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
   spec = head_spec(model, head=head, bits=bits, n_mixtures=n_mixtures)
   prompt = _check_prompt(prompt, batch_size, 2**spec.bits)
-  forced = _check_forced(forced, batch_size, num_tokens, 2**spec.bits)
+  forced = _check_forced(forced, batch_size, new_tokens, 2**spec.bits)
   settings = _Settings(spec=spec, batch_size=int(batch_size), temperature=float(temperature),
                        top_p=float(top_p), unroll=int(unroll), mesh=mesh)
   graphdef, params = nnx.split(model)
@@ -340,15 +340,15 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
   if chunk_tokens is None:
     tokens, loglik, entropy_sum = _generate_all(
         params, key, index, prompt, forced, graphdef=graphdef, settings=settings,
-        num_tokens=num_tokens)
+        new_tokens=new_tokens)
   else:
     if chunk_tokens < 1:
       raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
     rec, carry = _start(params, key, index, prompt, graphdef=graphdef, settings=settings)
     pieces = []
     done = 0
-    while done < num_tokens:
-      steps = min(chunk_tokens, num_tokens - done)
+    while done < new_tokens:
+      steps = min(chunk_tokens, new_tokens - done)
       carry, new = _advance(
           params, rec, carry, None if forced is None else forced[:, done:done + steps],
           graphdef=graphdef, settings=settings, num_steps=steps)
@@ -362,7 +362,7 @@ def generate(model, key: jax.Array, *, batch_size: int, num_tokens: int,
 
   if prompt is not None:
     tokens = jnp.concatenate([prompt, tokens], axis=1)
-  sampled = (jnp.float32(num_tokens) if forced is None
+  sampled = (jnp.float32(new_tokens) if forced is None
              else jnp.sum(forced < 0, axis=1).astype(jnp.float32))
   return {"tokens": tokens, "log_likelihood": loglik,
           "mean_entropy": entropy_sum / jnp.maximum(sampled, 1.0)}

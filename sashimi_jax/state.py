@@ -33,7 +33,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs):
   head = config.model.output_head
   n_mixtures = int(config.model.get("n_mixtures", 0)) if head == "dml" else 0
   return models.build_model(
-      config.model, l_max=config_lib.l_max(config), vocab_size=quantize.num_tokens(bits),
+      config.model, l_max=config_lib.l_max(config), vocab_size=quantize.vocab_size(bits),
       output_dim=heads.output_dim(head, bits, n_mixtures), rngs=rngs)
 
 

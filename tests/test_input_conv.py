@@ -32,7 +32,7 @@ def test_conv_equals_step_and_is_causal(kind, width):
 
 
 def test_model_with_input_conv_steps_and_prefills_exactly(kind="depthwise"):
-  model = SaShiMiLM(num_tokens=256, output_dim=256, d_model=16, n_layers=1, pool=(2, 2),
+  model = SaShiMiLM(vocab_size=256, output_dim=256, d_model=16, n_layers=1, pool=(2, 2),
                     layer="s4d", d_state=8, l_max=64, input_conv_width=4, input_conv_kind=kind,
                     rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 256)

@@ -21,7 +21,7 @@ DPLR_TOLERANCE = 1e-3
 
 
 def _small_model(*, pool=(4, 4), unet=False, layer="s4d", l_max=64, **kwargs):
-  args = dict(num_tokens=32, output_dim=12, d_model=8, n_layers=2, pool=pool, expand=2, ff=2,
+  args = dict(vocab_size=32, output_dim=12, d_model=8, n_layers=2, pool=pool, expand=2, ff=2,
               unet=unet, layer=layer, d_state=8, final_act="glu",
               disc="bilinear" if layer == "s4" else "zoh", l_max=l_max, rngs=nnx.Rngs(0))
   args.update(kwargs)
@@ -40,8 +40,8 @@ def _relative_error(reference, other):
   return float(np.linalg.norm(reference - other) / np.linalg.norm(reference))
 
 
-def _tokens(batch, length, num_tokens=32, seed=1):
-  return jax.random.randint(jax.random.key(seed), (batch, length), 0, num_tokens, jnp.int32)
+def _tokens(batch, length, vocab_size=32, seed=1):
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, vocab_size, jnp.int32)
 
 
 def _scan_steps(model, rec, state, tokens):
@@ -164,11 +164,11 @@ def _tiny_config(is_stereo, sample_len=4096):
 def test_full_training_length_conv_equals_recurrent(is_stereo):
   config = _tiny_config(is_stereo)
   model = build_model(config, nnx.Rngs(0))
-  num_tokens = config.dataset.sample_len * (2 if is_stereo else 1)  # stereo: one 2L stream
-  chex.assert_equal(_l_max(model, -1), num_tokens // 16)
-  tokens = _tokens(1, num_tokens, num_tokens=256)
+  stream_length = config.dataset.sample_len * (2 if is_stereo else 1)  # stereo: one 2L stream
+  chex.assert_equal(_l_max(model, -1), stream_length // 16)
+  tokens = _tokens(1, stream_length, vocab_size=256)
   conv, recurrent = _conv_and_scan(model, tokens)
-  chex.assert_shape(conv, (1, num_tokens, 256))
+  chex.assert_shape(conv, (1, stream_length, 256))
   assert _relative_error(conv, recurrent) <= S4D_TOLERANCE
 
 
@@ -233,7 +233,7 @@ def test_build_model_derives_sizes():
   config = _tiny_config(is_stereo=True, sample_len=64)
   model = build_model(config, nnx.Rngs(0))
   chex.assert_equal(model.output_dim, 256)
-  chex.assert_equal(model.num_tokens, 256)
+  chex.assert_equal(model.vocab_size, 256)
   # Each S4 layer at depth k gets l_max / prod(pool[:k]) with l_max = 2 * sample_len.
   chex.assert_equal(_l_max(model, 0), 128)
   chex.assert_equal(_l_max(model, 1), 32)

@@ -19,7 +19,7 @@ from sashimi_jax.models.sashimi import SaShiMiLM
 
 def _count(*, layer, n_layers, final_act, n_ssm):
   def make():
-    return SaShiMiLM(num_tokens=256, output_dim=256, d_model=64, n_layers=n_layers, pool=(4, 4),
+    return SaShiMiLM(vocab_size=256, output_dim=256, d_model=64, n_layers=n_layers, pool=(4, 4),
                      expand=2, ff=2, layer=layer, d_state=64, n_ssm=n_ssm, final_act=final_act,
                      disc="bilinear" if layer == "s4" else "zoh", l_max=256, rngs=nnx.Rngs(0))
 

@@ -17,7 +17,7 @@ BF16_VS_F32_TOLERANCE = 5e-2
 
 
 def _model(compute_dtype, pool=(4, 4)):
-  return SaShiMiLM(num_tokens=32, output_dim=12, d_model=8, n_layers=2, pool=pool, expand=2,
+  return SaShiMiLM(vocab_size=32, output_dim=12, d_model=8, n_layers=2, pool=pool, expand=2,
                    ff=2, unet=True, layer="s4d", d_state=8, final_act="glu", disc="zoh", l_max=64,
                    compute_dtype=compute_dtype, rngs=nnx.Rngs(0))
 

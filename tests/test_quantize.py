@@ -25,7 +25,7 @@ def test_known_codes(bits):
     np.testing.assert_array_equal(codes, [0, levels // 2, levels - 1])
     assert codes.dtype == np.int32
   assert quantize.zero_token(bits) == levels // 2
-  assert quantize.num_tokens(bits) == levels
+  assert quantize.vocab_size(bits) == levels
   np.testing.assert_allclose(quantize.decode(np.array([0, levels // 2]), bits, "linear"), [-1.0, 0.0])
   np.testing.assert_allclose(quantize.decode(np.array([0, levels // 2]), bits, "mu-law"), [-1.0, 0.0])
 

@@ -37,7 +37,7 @@ class ChannelStub(nnx.Module):
   """
 
   def __init__(self, num_frames: int, strategy: str):
-    self.num_tokens = 256
+    self.vocab_size = 256
     self.output_dim = 256
     self.channel = nnx.Param(jnp.asarray(stereo.channel_of_position(num_frames, strategy)))
 

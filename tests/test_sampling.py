@@ -44,26 +44,26 @@ def _conv(model, tokens):
 @pytest.fixture(scope="module")
 def samples(mono_model):
   """Two 32-token samples from scratch (shared: every distinct call shape costs a compile)."""
-  return sampling.generate(mono_model, jax.random.key(7), batch_size=2, num_tokens=32)
+  return sampling.generate(mono_model, jax.random.key(7), batch_size=2, new_tokens=32)
 
 
 def test_fixed_seed_same_samples_across_runs_batches_and_chunking(mono_model, samples):
   key = jax.random.key(7)
   chex.assert_shape(samples["tokens"], (2, 32))
-  again = sampling.generate(mono_model, key, batch_size=2, num_tokens=32)
+  again = sampling.generate(mono_model, key, batch_size=2, new_tokens=32)
   np.testing.assert_array_equal(samples["tokens"], again["tokens"])
   # Sample i depends on (key, i) only: generate it alone, at its global index.
-  alone = sampling.generate(mono_model, key, batch_size=1, num_tokens=32, first_sample_index=1)
+  alone = sampling.generate(mono_model, key, batch_size=1, new_tokens=32, first_sample_index=1)
   np.testing.assert_array_equal(alone["tokens"][0], samples["tokens"][1])
   np.testing.assert_allclose(alone["log_likelihood"][0], samples["log_likelihood"][1],
                              rtol=1e-5)
   # Different samples differ, and a different key gives different samples.
   assert not np.array_equal(samples["tokens"][0], samples["tokens"][1])
-  other = sampling.generate(mono_model, jax.random.key(8), batch_size=2, num_tokens=32)
+  other = sampling.generate(mono_model, jax.random.key(8), batch_size=2, new_tokens=32)
   assert not np.array_equal(other["tokens"], samples["tokens"])
   # The chunked (progress) path runs the same step on a donated state: identical tokens.
   seen = []
-  chunked = sampling.generate(mono_model, key, batch_size=2, num_tokens=32, chunk_tokens=16,
+  chunked = sampling.generate(mono_model, key, batch_size=2, new_tokens=32, chunk_tokens=16,
                               progress=seen.append)
   np.testing.assert_array_equal(chunked["tokens"], samples["tokens"])
   np.testing.assert_allclose(chunked["log_likelihood"], samples["log_likelihood"], rtol=1e-5)
@@ -91,7 +91,7 @@ def test_log_likelihood_and_entropy_match_convolution_mode(mono_model, samples):
 
 def test_prompt_continuation_and_tiny_top_p_is_the_argmax_path(mono_model):
   prompt = np.random.default_rng(2).integers(0, 256, (2, 11)).astype(np.int32)
-  out = sampling.generate(mono_model, jax.random.key(0), batch_size=2, num_tokens=21,
+  out = sampling.generate(mono_model, jax.random.key(0), batch_size=2, new_tokens=21,
                           prompt=prompt, top_p=1e-6)
   tokens = np.asarray(out["tokens"])
   chex.assert_shape(tokens, (2, 32))
@@ -102,7 +102,7 @@ def test_prompt_continuation_and_tiny_top_p_is_the_argmax_path(mono_model):
   np.testing.assert_array_equal(tokens[:, 11:], np.argmax(conv[:, 11:], -1))
   np.testing.assert_allclose(out["log_likelihood"], 0.0, atol=1e-5)
   # Greedy decoding does not depend on the key.
-  other = sampling.generate(mono_model, jax.random.key(5), batch_size=2, num_tokens=21,
+  other = sampling.generate(mono_model, jax.random.key(5), batch_size=2, new_tokens=21,
                             prompt=prompt, top_p=1e-6)
   np.testing.assert_array_equal(other["tokens"], tokens)
 
@@ -110,7 +110,7 @@ def test_prompt_continuation_and_tiny_top_p_is_the_argmax_path(mono_model):
 def test_dml_model_samples_from_its_mixture():
   model = build_model(tiny_config(head="dml"), nnx.Rngs(1))
   assert model.output_dim == 9
-  out = sampling.generate(model, jax.random.key(0), batch_size=2, num_tokens=32, top_p=0.9)
+  out = sampling.generate(model, jax.random.key(0), batch_size=2, new_tokens=32, top_p=0.9)
   tokens = np.asarray(out["tokens"])
   assert tokens.min() >= 0 and tokens.max() < 256
   # The reported likelihood is that of the (nucleus-truncated) distribution sampled from:
@@ -130,10 +130,10 @@ def test_head_spec_inference_and_bad_arguments(mono_model):
     sampling.head_spec(mono_model, head="dml", n_mixtures=10)
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="prompt must be int tokens"):
-    sampling.generate(mono_model, key, batch_size=2, num_tokens=4, prompt=np.zeros((3, 4),
+    sampling.generate(mono_model, key, batch_size=2, new_tokens=4, prompt=np.zeros((3, 4),
                                                                                    np.int32))
   with pytest.raises(ValueError, match=r"prompt tokens must lie in \[0, 256\)"):
-    sampling.generate(mono_model, key, batch_size=1, num_tokens=4,
+    sampling.generate(mono_model, key, batch_size=1, new_tokens=4,
                       prompt=np.full((1, 4), 300, np.int32))
   with pytest.raises(ValueError, match="temperature"):
-    sampling.generate(mono_model, key, batch_size=1, num_tokens=4, temperature=0.0)
+    sampling.generate(mono_model, key, batch_size=1, new_tokens=4, temperature=0.0)

@@ -127,7 +127,7 @@ def test_model_trained_on_silent_right_channel_generates_silent_right(initial_mo
                               tx=tx, num_steps=_STEPS, batch=_BATCH)
   model = nnx.merge(graphdef, params)
   out = sampling.generate(model, jax.random.key(0), batch_size=_SAMPLES,
-                          num_tokens=2 * _FRAMES)
+                          new_tokens=2 * _FRAMES)
   tokens = np.asarray(out["tokens"])
   chex.assert_shape(tokens, (_SAMPLES, 2 * _FRAMES))
   audio = np.asarray(pipeline.decode_tokens(tokens, config.dataset))

@@ -139,7 +139,7 @@ def _reference_unet(model, tokens):
 
 @pytest.mark.parametrize("ff", [2, 0])
 def test_unet_skips_follow_the_reference_stack(ff):
-  model = SaShiMiLM(num_tokens=32, output_dim=12, d_model=8, n_layers=2, pool=(2, 2), expand=2,
+  model = SaShiMiLM(vocab_size=32, output_dim=12, d_model=8, n_layers=2, pool=(2, 2), expand=2,
                     ff=ff, unet=True, layer="s4d", d_state=8, final_act="glu", disc="zoh",
                     l_max=32, rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 32)
@@ -148,7 +148,7 @@ def test_unet_skips_follow_the_reference_stack(ff):
 
 
 def _lm(**kwargs):
-  args = dict(num_tokens=32, output_dim=32, d_model=8, n_layers=2, pool=(2, 2), expand=2, ff=2,
+  args = dict(vocab_size=32, output_dim=32, d_model=8, n_layers=2, pool=(2, 2), expand=2, ff=2,
               unet=True, dropout=0.1, layer="s4d", d_state=8, final_act="glu", disc="zoh",
               l_max=32, rngs=nnx.Rngs(0))
   args.update(kwargs)

@@ -99,7 +99,7 @@ class DataSettings:
         tfds_data_dir=str(get("tfds_data_dir", "") or ""),
         tfds_audio_key=str(get("tfds_audio_key", "audio") or "audio"),
     )
-    quantize.num_tokens(settings.bits)  # validates bits
+    quantize.vocab_size(settings.bits)  # validates bits
     if settings.quantization not in quantize.METHODS:
       raise ValueError(f"dataset.quantization={settings.quantization!r} is unknown; valid: "
                        f"{', '.join(quantize.METHODS)}.")

@@ -48,7 +48,7 @@ def zero_token(bits: int) -> int:
   return 1 << (_check(bits) - 1)
 
 
-def num_tokens(bits: int) -> int:
+def vocab_size(bits: int) -> int:
   """Vocabulary size, 2**bits."""
   return 1 << _check(bits)
 

@@ -208,13 +208,13 @@ def reshape_stereo_output(outputs, strategy: "str | Strategy"):
   if outputs.ndim != 3 or outputs.shape[1] % 2:
     raise ValueError(
         f"reshape_stereo_output expects shape (B, 2L, D) with even 2L, got {tuple(outputs.shape)}.")
-  batch, num_tokens, features = outputs.shape
-  inverse = inverse_permutation(num_tokens // 2, strategy)
+  batch, stream_length, features = outputs.shape
+  inverse = inverse_permutation(stream_length // 2, strategy)
   if _is_jax(outputs):
     flat = jnp.take(outputs, jnp.asarray(inverse), axis=1)
   else:
     flat = np.take(outputs, inverse, axis=1)
-  return flat.reshape(batch, num_tokens // 2, 2, features)
+  return flat.reshape(batch, stream_length // 2, 2, features)
 
 
 def num_channels(is_stereo: bool) -> int:

@@ -27,7 +27,7 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
     raise ValueError(f"l_max must be >= 1 tokens, got {l_max}")
   m = model_cfg
   return SaShiMiLM(
-      num_tokens=vocab_size,
+      vocab_size=vocab_size,
       output_dim=output_dim,
       d_model=m.d_model,
       n_layers=m.n_layers,

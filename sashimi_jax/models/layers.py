@@ -46,11 +46,6 @@ class Dense(nnx.Module):
     return y.reshape(x.shape[:-1] + (kernel.shape[1],))
 
 
-def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> Dense:
-  """A `Dense` layer initialised like PyTorch's nn.Linear: (..., in) -> (..., out)."""
-  return Dense(in_features, out_features, rngs=rngs)
-
-
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis with affine scale/bias and PyTorch's epsilon.
 
@@ -116,8 +111,8 @@ class FFBlock(nnx.Module):
     if expand < 1:
       raise ValueError(f"FFBlock expand must be >= 1, got {expand}")
     self.dropout = _check_rate(dropout)
-    self.input_linear = torch_linear(d_model, d_model * expand, rngs=rngs)
-    self.output_linear = torch_linear(d_model * expand, d_model, rngs=rngs)
+    self.input_linear = Dense(d_model, d_model * expand, rngs=rngs)
+    self.output_linear = Dense(d_model * expand, d_model, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: Any = None) -> jax.Array:
     """x: (..., H) -> (..., H)."""
@@ -197,7 +192,7 @@ class DownPool(nnx.Module):
     self.d_input = d_input
     self.d_output = d_input * expand
     self.pool = pool
-    self.linear = torch_linear(d_input * pool, self.d_output, rngs=rngs)
+    self.linear = Dense(d_input * pool, self.d_output, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, L, H) with L % pool == 0 -> (B, L // pool, expand * H)."""
@@ -246,7 +241,7 @@ class UpPool(nnx.Module):
     self.d_input = d_input
     self.d_output = d_input // expand
     self.pool = pool
-    self.linear = torch_linear(d_input, self.d_output * pool, rngs=rngs)
+    self.linear = Dense(d_input, self.d_output * pool, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, L, H) -> (B, L * pool, H // expand), shifted one coarse frame to the future."""

@@ -70,7 +70,7 @@ class S4Block(nnx.Module):
                                      l_max=l_max, rngs=rngs)
     self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
     d_out = 2 * d_model if final_act == "glu" else d_model
-    self.output_linear = layers.torch_linear(d_model, d_out, rngs=rngs)
+    self.output_linear = layers.Dense(d_model, d_out, rngs=rngs)
 
   def _dropout(self, y, deterministic, rngs):
     if deterministic or self.dropout == 0.0:

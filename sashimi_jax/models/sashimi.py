@@ -50,7 +50,7 @@ class SaShiMiLM(nnx.Module):
   def __init__(
       self,
       *,
-      num_tokens: int,
+      vocab_size: int,
       output_dim: int,
       d_model: int = 64,
       n_layers: int = 8,
@@ -82,8 +82,8 @@ class SaShiMiLM(nnx.Module):
       raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     if d_model < 1 or expand < 1 or ff < 0:
       raise ValueError(f"need d_model >= 1, expand >= 1, ff >= 0; got {d_model}, {expand}, {ff}")
-    if num_tokens < 1 or output_dim < 1:
-      raise ValueError(f"need num_tokens, output_dim >= 1; got {num_tokens}, {output_dim}")
+    if vocab_size < 1 or output_dim < 1:
+      raise ValueError(f"need vocab_size, output_dim >= 1; got {vocab_size}, {output_dim}")
     if l_max < 1 or l_max % math.prod(pool):
       raise ValueError(
           f"l_max (tokens) must be a positive multiple of prod(pool)={math.prod(pool)}, got {l_max}"
@@ -94,7 +94,7 @@ class SaShiMiLM(nnx.Module):
     self.compute_dtype = compute_dtype
     self.pool = pool
     self.unet = bool(unet)
-    self.num_tokens = num_tokens
+    self.vocab_size = vocab_size
     self.output_dim = output_dim
     self.d_model = d_model
     # rate_frames[k]: fine tokens per frame of level k.
@@ -112,7 +112,7 @@ class SaShiMiLM(nnx.Module):
 
     # torch nn.Embedding initialisation: N(0, 1).
     self.embedding = nnx.Embed(
-        num_tokens, d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
+        vocab_size, d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs
     )
     self.input_conv = (CausalInputConv(d_model, input_conv_width, kind=input_conv_kind, rngs=rngs)
                        if input_conv_width > 0 else None)
@@ -125,7 +125,7 @@ class SaShiMiLM(nnx.Module):
                               **stage_options(k))
     self.level = inner
     self.norm = layers.layer_norm(d_model, rngs=rngs)
-    self.head = layers.torch_linear(d_model, output_dim, rngs=rngs)
+    self.head = layers.Dense(d_model, output_dim, rngs=rngs)
 
   def levels(self) -> list[Any]:
     """The levels from the top (token rate) down to the `Center`."""
@@ -237,5 +237,5 @@ class SaShiMiLM(nnx.Module):
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # traced: checked at the data
       values = np.asarray(tokens)  # boundary (encode_clip) instead. numpy: also inside a trace.
       lo, hi = int(values.min()), int(values.max())
-      if lo < 0 or hi >= self.num_tokens:  # the embedding lookup would silently clamp them.
-        raise ValueError(f"tokens must be in [0, {self.num_tokens}), got values in [{lo}, {hi}]")
+      if lo < 0 or hi >= self.vocab_size:  # the embedding lookup would silently clamp them.
+        raise ValueError(f"tokens must be in [0, {self.vocab_size}), got values in [{lo}, {hi}]")

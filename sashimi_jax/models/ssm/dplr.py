@@ -132,9 +132,8 @@ def c_tilde_from_c(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> jax.A
 def solve(a: jax.Array, b: jax.Array) -> jax.Array:
   """x with a x = b for (H, N, N) a and (H, N) b: Gauss-Jordan with partial pivoting.
 
-  Written with lax ops instead of jnp.linalg.solve: a program holding about 24 of XLA:CPU's
-  LAPACK LU custom calls (the SC09 model's DPLR recurrences) deadlocks when executed (jax
-  0.10.2, measured: never returns, all threads idle), so the SC09 sampler never started.
+  Lax ops, not jnp.linalg.solve: a program holding a couple of dozen of XLA:CPU's LAPACK LU
+  custom calls (one per DPLR layer of the SC09 model) deadlocks when executed on jax 0.10.
   """
   num_state = a.shape[-1]
   aug = jnp.concatenate([a, b[..., None]], axis=-1)  # (H, N, N + 1)
