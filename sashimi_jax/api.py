@@ -101,6 +101,7 @@ class TrainedModel:
       float32 (num_samples, frames, channels) in [-1, 1] at `sample_rate_hz`.
     """
     import jax  # pylint: disable=g-import-not-at-top
+    from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
     from sashimi_jax.data import layout  # pylint: disable=g-import-not-at-top
     from sashimi_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -115,15 +116,13 @@ class TrainedModel:
     stream_frames = layout.generated_frames(
         frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
         sample_len=int(dataset.sample_len))
-    head = self.config.model.output_head
     key = jax.random.key(seed)
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(
           self.model, key, batch_size=batch_size, new_tokens=stream_frames * self.channels,
-          temperature=temperature, top_p=top_p, first_sample_index=first, head=head,
-          bits=int(self.config.dataset.bits),
-          n_mixtures=int(self.config.model.n_mixtures) if head == "dml" else 0)
+          temperature=temperature, top_p=top_p, first_sample_index=first,
+          **config_lib.head_args(self.config))
       tokens.append(np.asarray(out["tokens"])[:num_samples - first])
     return layout.trim_frames(
         np.asarray(pipeline.decode_tokens(np.concatenate(tokens), dataset), np.float32), frames)

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # Headless: must precede pyplot's import.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
 from sashimi_jax import stereo_metrics
 from sashimi_jax.data import layout
@@ -151,10 +152,9 @@ def summary_samples(model, config, key: jax.Array, *, num_samples: Optional[int]
   stream_frames = layout.generated_frames(
       num_frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
       sample_len=int(dataset.sample_len))
-  head = config.model.output_head
   out = sampling.generate(
-      model, key, batch_size=num_samples, new_tokens=stream_frames * channels, head=head,
-      bits=int(dataset.bits), n_mixtures=int(config.model.n_mixtures) if head == "dml" else 0)
+      model, key, batch_size=num_samples, new_tokens=stream_frames * channels,
+      **config_lib.head_args(config))
   audio = layout.trim_frames(
       np.asarray(pipeline.decode_tokens(np.asarray(out["tokens"]), dataset), np.float32),
       num_frames)

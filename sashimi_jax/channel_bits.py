@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sashimi_jax import config as config_lib
 from sashimi_jax import heads
 from sashimi_jax.data import pipeline
 from sashimi_jax.data import stereo
@@ -56,8 +57,7 @@ def channel_bits(model, config, clips: np.ndarray, *, batch_size: int = 4) -> di
     streams = np.stack([pipeline.encode_clip(c[:, k:k + 1], dataset)
                         for c in clips for k in (0, 1)])
     channels = np.broadcast_to(np.tile([[0], [1]], (clips.shape[0], 1)), streams.shape)
-  head = config.model.output_head
-  n_mixtures = int(config.model.n_mixtures) if head == "dml" else 0
+  head = config_lib.head_args(config)
   graphdef, params = nnx.split(model)
   sums = np.zeros(2)
   counts = np.zeros(2)
@@ -68,7 +68,7 @@ def channel_bits(model, config, clips: np.ndarray, *, batch_size: int = 4) -> di
       y = np.concatenate([y, np.repeat(y[:1], batch_size - rows, axis=0)])
     token_bits = np.asarray(_token_bits(
         params, jnp.asarray(pipeline.shift_right(y, bits)), jnp.asarray(y), graphdef=graphdef,
-        head=head, bits=bits, n_mixtures=n_mixtures))[:rows]
+        **head))[:rows]
     c = channels[start:start + rows]
     for k in (0, 1):
       sums[k] += token_bits[c == k].sum()

@@ -66,13 +66,19 @@ def checkpoint_dir(workdir: str) -> str:
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple]:
   """Fields whose values make `saved`'s checkpoint unusable under `current`: {name: (old, new)}."""
   old, new = config_lib.flatten(saved), config_lib.flatten(current)
+  defaults = config_lib.base_defaults()
   diffs = {}
   for name in sorted(set(old) | set(new)):
     relevant = (name in _COMPATIBILITY_FIELDS or name.startswith(_COMPATIBILITY_PREFIXES))
     if not relevant or name in _COMPATIBILITY_EXCEPTIONS:
       continue
-    if old.get(name, "<missing>") != new.get(name, "<missing>"):
-      diffs[name] = (old.get(name, "<missing>"), new.get(name, "<missing>"))
+    # A field newer than the checkpoint: the older code behaved as the base default.
+    old_value = old[name] if name in old else defaults.get(name, "<missing>")
+    new_value = new.get(name, "<missing>")
+    if old_value != new_value:
+      if name not in old and name in defaults:
+        old_value = f"<not saved; default {old_value!r}>"
+      diffs[name] = (old_value, new_value)
   return diffs
 
 

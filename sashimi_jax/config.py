@@ -7,7 +7,10 @@ clear line per problem, so a bad command line fails in milliseconds instead of a
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import runpy
 from typing import Any, Mapping
 
 from sashimi_jax import heads
@@ -52,6 +55,23 @@ def flatten(tree, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# The presets' shared base config (outside the package, beside it in the repository).
+BASE_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "configs", "default.py")
+
+
+@functools.cache
+def base_defaults() -> dict[str, Any]:
+  """`configs/default.py`'s base_config() flattened ({"model.d_model": 64, ...}); {} if absent.
+
+  A field added to the project after a checkpoint was saved is absent from its saved config; the
+  base default is the value the older code behaved as.
+  """
+  if not os.path.isfile(BASE_CONFIG_PATH):
+    return {}
+  return flatten(to_dict(runpy.run_path(BASE_CONFIG_PATH)["base_config"]()))
+
+
 def token_stream_length(dataset_cfg) -> int:
   """Tokens per training example: `sample_len` (mono) or `2 * sample_len` (stereo)."""
   return stereo.stream_length(int(dataset_cfg.sample_len), bool(dataset_cfg.is_stereo))
@@ -65,6 +85,16 @@ def l_max(config) -> int:
 def pool_factor(model_cfg) -> int:
   """Total down-sampling of the U-Net: the product of `model.pool` (1 if empty)."""
   return int(math.prod(int(p) for p in model_cfg.pool)) if len(model_cfg.pool) else 1
+
+
+def head_args(config) -> dict[str, Any]:
+  """The output head's arguments {head, bits, n_mixtures} for `heads` and `sampling.generate`.
+
+  n_mixtures is 0 unless the head is "dml" (a categorical head ignores it).
+  """
+  head = str(config.model.output_head)
+  n_mixtures = int(config.model.get("n_mixtures", 0)) if head == "dml" else 0
+  return {"head": head, "bits": int(config.dataset.bits), "n_mixtures": n_mixtures}
 
 
 def _get(cfg, name: str, problems: list[str]) -> Any:

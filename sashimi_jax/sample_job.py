@@ -35,6 +35,7 @@ import numpy as np
 import tqdm
 
 from sashimi_jax import audio_output
+from sashimi_jax import config as config_lib
 from sashimi_jax import audio_summaries
 from sashimi_jax import distributed
 from sashimi_jax import prompts
@@ -270,9 +271,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
     raise ValueError(f"--per_device_batch_size must be >= 1, got {per_device_batch_size}.")
   batch = per_device_batch_size * mesh.devices.size
   sample_rate = int(config.dataset.sample_rate)
-  head = config.model.output_head
-  head_kwargs = {"head": head, "bits": int(config.dataset.bits),
-                 "n_mixtures": int(config.model.n_mixtures) if head == "dml" else 0}
+  head_kwargs = config_lib.head_args(config)
   key = jax.random.key(seed)
   written = 0
   options = (output_options or audio_output.OutputOptions()).validate()

@@ -29,12 +29,10 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs):
     config: the run's ConfigDict (`model.*`, `dataset.{bits, sample_len, is_stereo}`).
     rngs: initialisation randomness (`params` stream; `dropout` unused at build time).
   """
-  bits = int(config.dataset.bits)
-  head = config.model.output_head
-  n_mixtures = int(config.model.get("n_mixtures", 0)) if head == "dml" else 0
+  head = config_lib.head_args(config)
   return models.build_model(
-      config.model, l_max=config_lib.l_max(config), vocab_size=quantize.vocab_size(bits),
-      output_dim=heads.output_dim(head, bits, n_mixtures), rngs=rngs)
+      config.model, l_max=config_lib.l_max(config), vocab_size=quantize.vocab_size(head["bits"]),
+      output_dim=heads.output_dim(**head), rngs=rngs)
 
 
 def _seeded_model(config):

@@ -65,8 +65,7 @@ def channel_map(dataset_cfg) -> np.ndarray:
 
 def token_bits(outputs: jax.Array, targets: jax.Array, config) -> jax.Array:
   """Per-token negative log-likelihood in bits: outputs (B, T, D), targets (B, T) -> (B, T)."""
-  nll_nats = heads.token_nll(outputs, targets, head=config.model.output_head,
-                             bits=int(config.dataset.bits), n_mixtures=int(config.model.n_mixtures))
+  nll_nats = heads.token_nll(outputs, targets, **config_lib.head_args(config))
   return nll_nats / LN2
 
 

@@ -116,6 +116,21 @@ def test_incompatible_config_names_every_differing_field():
   checkpoint_lib.check_compatible(saved, _config(), workdir="/tmp/run", step=40)
 
 
+def test_field_newer_than_the_checkpoint_compares_as_its_base_default():
+  # A checkpoint saved before model.input_conv_width existed was trained without the convolution
+  # (the base default 0): resuming with 0 is compatible, with 4 it is not, and the error says why.
+  from sashimi_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert config_lib.base_defaults()["model.input_conv_width"] == 0
+  saved = _config().to_dict()
+  checkpoint_lib.check_compatible(saved, _config(input_conv_width=0), workdir="/tmp/r", step=3)
+  with pytest.raises(ValueError, match=r"model.input_conv_width: checkpoint has "
+                     r"'<not saved; default 0>', config has 4"):
+    checkpoint_lib.check_compatible(saved, _config(input_conv_width=4), workdir="/tmp/r", step=3)
+  # A field the base config does not know stays a difference.
+  with pytest.raises(ValueError, match="model.made_up: checkpoint has '<missing>'"):
+    checkpoint_lib.check_compatible(saved, _config(made_up=1), workdir="/tmp/r", step=3)
+
+
 def test_load_for_inference_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     checkpoint_lib.load_for_inference(str(tmp_path / "never_trained"))

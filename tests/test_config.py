@@ -183,3 +183,13 @@ def test_zero_valid_and_test_fractions_are_accepted_except_with_the_plateau_sche
   as_dict["train"]["schedule"] = "plateau"
   message = _one_problem(ml_collections.ConfigDict(as_dict))
   assert "train.schedule='plateau' needs a validation split" in message, message
+
+
+def test_head_args_are_the_one_description_of_the_output_head():
+  config = get_config("mono", "tiny")
+  config.model.output_head = "categorical"
+  config.model.n_mixtures = 10
+  assert config_lib.head_args(config) == {"head": "categorical", "bits": 8, "n_mixtures": 0}
+  config.model.output_head = "dml"
+  config.dataset.bits = 16
+  assert config_lib.head_args(config) == {"head": "dml", "bits": 16, "n_mixtures": 10}
