@@ -10,7 +10,14 @@ Needs libtpu (compile-only TPU devices, no TPU required):
 For each case (SC09 mono: configs/sc09.py; YouTubeMix stereo: configs/youtubemix.py:stereo, a
 262144-token stream) and topology (v5e:4x4 = 16 chips, v5e:16x16 = 256 chips, v4:2x2x2 = 8 chips)
 it lowers and compiles `train.jit_train_step` with the run's shardings at a fixed per-chip batch,
-then prints XLA's memory analysis and cost analysis (both per chip: the module is SPMD-partitioned).
+then prints XLA's memory analysis and FLOPs (both per chip: the module is SPMD-partitioned).
+
+FLOPs: XLA's `cost_analysis()` counts the body of a while loop once, and the train step runs each
+stage's layers under one `lax.scan` (and `conv_impl=chunked` scans over chunks), so its figure
+counts one layer per stage. `TFLOP/chip` here is counted from the compiled HLO by
+`benchmarks/hlo_flops.py` with every loop multiplied by its trip count (checked against XLA's own
+count of fully unrolled programs); XLA's loop-once figure is printed alongside as `XLA TFLOP`.
+`GB acc.` is XLA's bytes accessed per chip (loop bodies once, like its FLOPs).
 Data parallelism must keep per-chip memory flat as chips are added; the script exits non-zero if
 peak memory grows more than 10% from the smallest to the largest pod of the same TPU generation.
 """
@@ -23,6 +30,9 @@ import time
 
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hlo_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _LIBTPU_PATH = flags.DEFINE_string("libtpu_path", "", "Directory holding the libtpu package, if "
                                    "it is not installed in the environment.")
@@ -92,13 +102,16 @@ def compile_case(config, topology_name: str, remat: str = "config",
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  counted = hlo_flops.count_flops(compiled.as_text())
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
   return {"remat": config.model.remat, "compute_dtype": config.model.compute_dtype,
           "chips": num_chips, "tokens_per_chip": _PER_CHIP_BATCH.value * tokens,
           "peak_mib": peak / MIB, "argument_mib": memory.argument_size_in_bytes / MIB,
           "temp_mib": memory.temp_size_in_bytes / MIB,
-          "tflops_per_chip": float(cost.get("flops", float("nan"))) / 1e12,
+          "tflops_per_chip": counted.flops / 1e12,
+          "xla_tflops_per_chip_loop_bodies_once": float(cost.get("flops", float("nan"))) / 1e12,
+          "xla_gbytes_accessed_per_chip": float(cost.get("bytes accessed", float("nan"))) / 1e9,
           "compile_seconds": compile_seconds}
 
 
@@ -109,7 +122,8 @@ def main(argv):
     sys.path.insert(0, _LIBTPU_PATH.value)
   failures = []
   print(f"{'case':<18} {'remat':<5} {'dtype':<8} {'topology':<10} {'chips':>5} {'tokens/chip':>11} {'peak MiB':>9} "
-        f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10} {'compile s':>9}")
+        f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10} {'XLA TFLOP':>9} {'GB acc.':>8} "
+        f"{'compile s':>9} {'load':>5}")
   rows = []
   variants = [(r, d) for r in _REMAT.value for d in _COMPUTE_DTYPE.value]
   for case, (remat, dtype) in [(c, v) for c in _CASES.value for v in variants]:
@@ -118,8 +132,10 @@ def main(argv):
       r = compile_case(case_config(case), topology_name, remat, dtype)
       print(f"{case:<18} {r['remat']:<5} {r['compute_dtype']:<8} {topology_name:<10} {r['chips']:>5} {r['tokens_per_chip']:>11,} "
             f"{r['peak_mib']:>9.1f} {r['argument_mib']:>9.1f} {r['temp_mib']:>9.1f} "
-            f"{r['tflops_per_chip']:>10.3f} {r['compile_seconds']:>9.0f}", flush=True)
-      rows.append(dict(r, case=case, topology=topology_name))
+            f"{r['tflops_per_chip']:>10.3f} {r['xla_tflops_per_chip_loop_bodies_once']:>9.3f} "
+            f"{r['xla_gbytes_accessed_per_chip']:>8.2f} {r['compile_seconds']:>9.0f} "
+            f"{os.getloadavg()[0]:>5.1f}", flush=True)
+      rows.append(dict(r, case=case, topology=topology_name, load_average=os.getloadavg()[0]))
       by_generation.setdefault(topology_name.split(":")[0], []).append(r)
     for generation, results in by_generation.items():
       results.sort(key=lambda r: r["chips"])
