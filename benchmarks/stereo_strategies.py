@@ -296,8 +296,17 @@ def main(argv):
         run = train_variant(file, overrides, workdir)
       curve, tokens_per_second = read_metrics(workdir)
       curves[(dataset, variant)] = curve
+      # Scores are kept beside the run, keyed by what they depend on.
+      score_file = f"{workdir}.score_{_EVAL_CLIPS.value}clips_{_NUM_SAMPLES.value}samples.json"
+      if _REUSE.value and os.path.exists(score_file):
+        with open(score_file, encoding="utf-8") as f:
+          scores = json.load(f)
+      else:
+        scores = score(workdir, clips)
+        with open(score_file, "w", encoding="utf-8") as f:
+          json.dump(scores, f)
       results[variant] = {"run": run, "curve": curve, "tokens_per_second": tokens_per_second,
-                          **score(workdir, clips)}
+                          **scores}
       print(f"[{dataset}] {variant}: {results[variant]['bits']}", flush=True)
     for variant, r in results.items():
       b = r["bits"]
