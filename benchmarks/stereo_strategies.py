@@ -17,11 +17,22 @@ frames as mono streams, `channel_bits`), generates `--num_samples` clips of one 
 
 Datasets: `demo` (the bundled music), `uncorrelated` (the demo files with the right channel of
 each file taken from the next file: real music whose channels are independent, so no
-cross-channel gain exists), or a folder of stereo audio.
+cross-channel gain exists), `correlated` (a second set, 11 other public-domain pieces with
+closer pans, 3.7 min, rendered on first use into `--workdir` by `scripts/render_stereo_set.py`;
+needs `apt-get install fluidsynth fluid-soundfont-gm` and `pip install -e '.[demo-render]'`),
+or a folder of stereo audio. For each dataset the table states its validation audio's
+linear-predictor headroom (`stereo_metrics.linear_headroom_bits`: what a linear model of R[t]
+gets out of L[t]).
+
+Stereo variants also report `channel_bits.teacher_forced_coupling` on the same validation
+clips: the inter-channel correlation of one-step draws from the model given the true past
+(`tf corr`), to tell a model that did not learn the coupling from sampling that loses it.
 
   python benchmarks/stereo_strategies.py                                  # all, 500 steps
   python benchmarks/stereo_strategies.py --datasets=demo --steps=200 \
       --variants=temporal,two-mono,temporal+input_conv_width=4
+  python benchmarks/stereo_strategies.py --datasets=correlated \
+      --variants=temporal+input_conv_width=4,two-mono+input_conv_width=4
 
 Prints a table (Markdown) and one JSON line; writes `--png` (learning curves: eval bits vs step).
 Runs one training at a time (`nice` is up to the caller).
@@ -58,7 +69,7 @@ _VARIANTS = flags.DEFINE_list(
     "variants", ["temporal", "blocking", "blocking-16", "blocking-256", "two-mono"],
     "Variants to train (see the module doc).")
 _DATASETS = flags.DEFINE_list("datasets", ["demo", "uncorrelated"],
-                              "demo, uncorrelated, or folders of stereo audio.")
+                              "demo, uncorrelated, correlated, or folders of stereo audio.")
 _STEPS = flags.DEFINE_integer("steps", 500, "Train steps per variant.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between learning-curve points.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
@@ -80,6 +91,28 @@ def uncorrelated_dataset(directory: pathlib.Path) -> str:
     pair = np.stack([music[i][:frames, 0], other[:frames, 1]], axis=-1)
     sf.write(directory / pathlib.Path(path).name, pair, 16000, subtype="PCM_16")
   return str(directory)
+
+
+def correlated_dataset(directory: pathlib.Path) -> str:
+  """The second stereo set, rendered into `directory` unless already there."""
+  sys.path.insert(0, str(_ROOT / "scripts"))
+  import render_stereo_set  # pylint: disable=g-import-not-at-top
+
+  render_stereo_set.render_set(directory)
+  return str(directory)
+
+
+def validation_headroom(data_path: str) -> dict:
+  """`linear_headroom_bits` and correlation of the validation split's files, frame-weighted."""
+  config = runpy.run_path(str(_ROOT / "configs/stereo_temporal.py"))["get_config"]("tiny")
+  config.dataset.path = data_path
+  figures, weights = [], []
+  for info in pipeline.build_clip_source(config.dataset, "valid").infos:
+    music, _ = sf.read(info.name, dtype="float64")
+    figures.append({"correlation": stereo_metrics.correlation(music),
+                    **stereo_metrics.linear_headroom_bits(music)})
+    weights.append(len(music))
+  return {k: float(np.average([f[k] for f in figures], weights=weights)) for k in figures[0]}
 
 
 def mono_channel_dataset(stereo_config, directory: pathlib.Path):
@@ -204,6 +237,7 @@ def score(workdir: str, clips: np.ndarray) -> dict:
     out["samples"] = stereo_metrics.mean_metrics(
         [stereo_metrics.clip_metrics(s, rate) for s in samples])
     out["data"] = audio_summaries.data_stereo_metrics(config, frames, max_clips=16)
+    out["coupling"] = channel_bits.teacher_forced_coupling(model, config, clips)
   return out
 
 
@@ -236,15 +270,18 @@ def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value)
   root.mkdir(parents=True, exist_ok=True)
-  rows, curves = [], {}
+  rows, curves, headroom = [], {}, {}
   for dataset in _DATASETS.value:
     if dataset == "demo":
       data_path = ""
     elif dataset == "uncorrelated":
       data_path = uncorrelated_dataset(root / "data_uncorrelated")
+    elif dataset == "correlated":
+      data_path = correlated_dataset(root / "data_correlated")
     else:
       data_path = dataset
     clips = eval_clips(data_path, _EVAL_CLIPS.value)
+    headroom[dataset] = validation_headroom(data_path)
     results = {}
     for variant in _VARIANTS.value:
       name = f"{pathlib.Path(dataset).name or dataset}__{variant}".replace("=", "").replace("+", "_")
@@ -259,8 +296,17 @@ def main(argv):
         run = train_variant(file, overrides, workdir)
       curve, tokens_per_second = read_metrics(workdir)
       curves[(dataset, variant)] = curve
+      # Scores are kept beside the run, keyed by what they depend on.
+      score_file = f"{workdir}.score_{_EVAL_CLIPS.value}clips_{_NUM_SAMPLES.value}samples.json"
+      if _REUSE.value and os.path.exists(score_file):
+        with open(score_file, encoding="utf-8") as f:
+          scores = json.load(f)
+      else:
+        scores = score(workdir, clips)
+        with open(score_file, "w", encoding="utf-8") as f:
+          json.dump(scores, f)
       results[variant] = {"run": run, "curve": curve, "tokens_per_second": tokens_per_second,
-                          **score(workdir, clips)}
+                          **scores}
       print(f"[{dataset}] {variant}: {results[variant]['bits']}", flush=True)
     for variant, r in results.items():
       b = r["bits"]
@@ -282,26 +328,40 @@ def main(argv):
         row["data_side_to_mid_db"] = r["data"]["side_to_mid_db"]
         row["sample_level_difference_db_spread"] = r["samples"]["level_difference_db_spread"]
         row["data_level_difference_db_spread"] = r["data"]["level_difference_db_spread"]
+        row["teacher_forced"] = r["coupling"]
       rows.append(row)
 
   def fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
   print("\n| data | variant | bits total | left | right | right - left | right gain vs two-mono "
-        "| sample corr (data) | sample side/mid dB (data) | tokens/s | peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| left gain vs two-mono | sample corr (data) | tf corr: one-step draws / L + drawn R "
+        "/ means (data) | tf R noise fraction | sample side/mid dB (data) | tokens/s "
+        "| peak RSS MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     corr = (f"{r['sample_correlation']:.2f} ({r['data_correlation']:.2f})"
             if "sample_correlation" in r else "-")
     side = (f"{r['sample_side_to_mid_db']:.1f} ({r['data_side_to_mid_db']:.1f})"
             if "sample_side_to_mid_db" in r else "-")
+    t = r.get("teacher_forced")
+    tf = (f"{t['one_step_samples']:.2f} / {t['true_left_sampled_right']:.2f} / "
+          f"{t['mean_prediction']:.2f} ({t['data']:.2f})" if t else "-")
+    noise = f"{t['right_noise_fraction']:.2f}" if t else "-"
     print(f"| {r['dataset']} | {r['variant']} | {r['bits_total']:.2f} | {r['bits_left']:.2f} | "
           f"{r['bits_right']:.2f} | {r['right_minus_left']:+.2f} | "
-          f"{fmt(r.get('right_gain_over_two_mono'), '+.2f')} | {corr} | {side} | "
+          f"{fmt(r.get('right_gain_over_two_mono'), '+.2f')} | "
+          f"{fmt(r.get('left_gain_over_two_mono'), '+.2f')} | {corr} | {tf} | {noise} | {side} | "
           f"{r['tokens_per_second']:.0f} | {r['max_rss_mib']:.0f} |")
+  print("\nValidation audio, linear predictor from 16 past frames of both channels:")
+  for dataset, h in headroom.items():
+    print(f"  {dataset}: correlation {h['correlation']:.2f}, right_vs_left_bits "
+          f"{h['right_vs_left_bits']:+.2f}, same_time_bits (L[t] -> R[t]) "
+          f"{h['same_time_bits']:+.2f}")
   if _PNG.value:
     plot(curves, _PNG.value)
-  print(json.dumps({"benchmark": "stereo_strategies", "load": os.getloadavg()[0], "rows": rows}))
+  print(json.dumps({"benchmark": "stereo_strategies", "load": os.getloadavg()[0],
+                    "validation_headroom": headroom, "rows": rows}))
 
 
 if __name__ == "__main__":

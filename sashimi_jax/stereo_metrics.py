@@ -142,3 +142,38 @@ def scalar_summary(summary: dict[str, Any], prefix: str) -> dict[str, float]:
     elif name != "clips":
       out[f"{prefix}/{name}"] = float(value)
   return out
+
+
+def linear_headroom_bits(audio, *, past_frames: int = 16,
+                         max_frames: int = 200_000) -> dict[str, float]:
+  """What a linear model gets out of the same-time left sample, in bits per sample.
+
+  Least-squares predictors (with a constant) over frames from a quarter into `audio` (frames, 2)
+  (at most `max_frames` of them), each from the `past_frames` previous frames of both channels:
+  L[t]; R[t]; and R[t] given also L[t]. With v the residual variances:
+    * `right_vs_left_bits` = 1/2 log2(v(L | past) / v(R | past, L[t])): how much cheaper the
+      right sample could be than the left one (the figure of `REFERENCE.md`);
+    * `same_time_bits` = 1/2 log2(v(R | past) / v(R | past, L[t])): what knowing L[t] saves on
+      R[t] beyond both channels' past (0 for independent channels, large for R = f(L)).
+  """
+  x = _check(audio)
+  start = x.shape[0] // 4
+  x = x[start:start + max_frames + past_frames]
+  n = x.shape[0] - past_frames
+  if n < 4 * (2 * past_frames + 2):
+    raise ValueError(f"linear_headroom_bits needs more than {4 * (2 * past_frames + 2)} "
+                     f"frames after the first quarter, got {n}.")
+  past = [x[past_frames - k:past_frames - k + n] for k in range(1, past_frames + 1)]
+  features = np.concatenate(past + [np.ones((n, 1))], axis=1)  # (n, 2 * past_frames + 1)
+  now = x[past_frames:]
+
+  def residual_variance(design, target):
+    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return max(float(np.var(target - design @ coefficients)), _TINY)
+
+  v_left = residual_variance(features, now[:, 0])
+  v_right = residual_variance(features, now[:, 1])
+  v_right_given_left = residual_variance(np.concatenate([features, now[:, :1]], axis=1),
+                                         now[:, 1])
+  return {"right_vs_left_bits": 0.5 * float(np.log2(v_left / v_right_given_left)),
+          "same_time_bits": 0.5 * float(np.log2(v_right / v_right_given_left))}

@@ -5,6 +5,7 @@ import runpy
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from sashimi_jax import channel_bits
@@ -43,3 +44,38 @@ def test_stereo_and_two_mono_channel_bits():
   for k, name in enumerate(("left", "right")):
     y = np.stack([pipeline.encode_clip(c[:, k:k + 1], mono.dataset) for c in clips])
     np.testing.assert_allclose(got[name], _bits(model, y).mean(), rtol=1e-5)
+
+
+def test_teacher_forced_coupling_data_and_ranges():
+  rng = np.random.default_rng(0)
+  left = rng.uniform(-0.8, 0.8, (3, 16))
+  clips = np.stack([left, left], axis=-1).astype(np.float32)  # identical channels
+  config = _config(True, "temporal")
+  model = build_model(config, nnx.Rngs(0))
+  got = channel_bits.teacher_forced_coupling(model, config, clips, batch_size=2)
+  assert got["data"] == pytest.approx(1.0, abs=1e-6)
+  for name in ("mean_prediction", "one_step_samples", "true_left_sampled_right"):
+    assert -1.0 <= got[name] <= 1.0
+  # An untrained model predicts a broad distribution: its variance is of the signal's order.
+  assert got["right_noise_fraction"] > 0.1
+  with pytest.raises(ValueError, match="stereo"):
+    channel_bits.teacher_forced_coupling(model, _config(False), clips)
+
+
+def test_coupling_figures_of_a_certain_and_of_a_blind_model():
+  rng = np.random.default_rng(1)
+  left = rng.standard_normal((2, 4000))
+  true = np.stack([left, 0.5 * left + 0.1 * rng.standard_normal((2, 4000))], axis=-1)
+  # Certain and right: every prediction is the true value with zero variance.
+  got = channel_bits.coupling_figures(true, true, np.zeros_like(true), true)
+  for name in ("mean_prediction", "one_step_samples", "true_left_sampled_right"):
+    assert got[name] == pytest.approx(got["data"], abs=1e-12)
+  assert got["data"] > 0.9
+  assert got["right_noise_fraction"] == 0.0
+  # Blind to the other channel: draws independent of the true left channel.
+  draw = rng.standard_normal(true.shape)
+  got = channel_bits.coupling_figures(true, np.zeros_like(true), np.ones_like(true), draw)
+  assert abs(got["one_step_samples"]) < 0.1
+  assert abs(got["true_left_sampled_right"]) < 0.1
+  assert got["right_noise_fraction"] == pytest.approx(1 / np.var(true[..., 1], axis=1).mean(),
+                                                      rel=0.05)

@@ -91,3 +91,22 @@ def test_mean_metrics_and_scalars():
 def test_bad_shape_is_a_clear_error():
   with pytest.raises(ValueError, match=r"need audio \(frames >= 2, 2\)"):
     stereo_metrics.clip_metrics(np.zeros((100, 1)), _RATE)
+
+
+def test_linear_headroom_bits():
+  rng = np.random.default_rng(3)
+  frames = 8000
+  # Independent white noise: neither the past nor L[t] predicts R[t].
+  noise = rng.standard_normal((frames, 2))
+  got = stereo_metrics.linear_headroom_bits(noise, past_frames=4)
+  assert abs(got["same_time_bits"]) < 0.01
+  assert abs(got["right_vs_left_bits"]) < 0.02
+  # R[t] = L[t] / 2 + small noise: L[t] explains R[t] up to the noise (variance ratio 0.25/1e-4).
+  left = rng.standard_normal(frames)
+  pair = np.stack([left, 0.5 * left + 0.01 * rng.standard_normal(frames)], axis=-1)
+  got = stereo_metrics.linear_headroom_bits(pair, past_frames=4)
+  expected = 0.5 * np.log2(0.25 / 1e-4)
+  assert got["same_time_bits"] == pytest.approx(expected, abs=0.05)
+  assert got["right_vs_left_bits"] == pytest.approx(0.5 * np.log2(1.0 / 1e-4), abs=0.05)
+  with pytest.raises(ValueError, match="frames"):
+    stereo_metrics.linear_headroom_bits(pair[:40], past_frames=4)
