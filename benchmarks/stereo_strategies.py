@@ -24,9 +24,11 @@ or a folder of stereo audio. For each dataset the table states its validation au
 linear-predictor headroom (`stereo_metrics.linear_headroom_bits`: what a linear model of R[t]
 gets out of L[t]).
 
-Stereo variants also report `channel_bits.teacher_forced_coupling` on the same validation
-clips: the inter-channel correlation of one-step draws from the model given the true past
-(`tf corr`), to tell a model that did not learn the coupling from sampling that loses it.
+Every variant also reports `channel_bits.teacher_forced_coupling` on the same validation
+clips (`tf`): the inter-channel correlation of one-step draws given the true past, and of the
+two channels' prediction errors (`tf residual corr`: the same-time coupling the model leaves;
+for two-mono, all the data's), to tell a model that did not learn the coupling from sampling
+that loses it.
 
   python benchmarks/stereo_strategies.py                                  # all, 500 steps
   python benchmarks/stereo_strategies.py --datasets=demo --steps=200 \
@@ -222,7 +224,8 @@ def score(workdir: str, clips: np.ndarray) -> dict:
   config, model, _ = checkpoint.load_for_inference(workdir)
   # Stereo models: each clip interleaved; the two-mono model: each channel of the same clips as
   # a mono stream (the same frames and the same context in frames).
-  out = {"bits": channel_bits.channel_bits(model, config, clips)}
+  out = {"bits": channel_bits.channel_bits(model, config, clips),
+         "coupling": channel_bits.teacher_forced_coupling(model, config, clips)}
   if config.dataset.is_stereo:
     frames = int(config.dataset.sample_len)
     stream_frames = layout.generated_frames(frames, is_stereo=True,
@@ -237,7 +240,6 @@ def score(workdir: str, clips: np.ndarray) -> dict:
     out["samples"] = stereo_metrics.mean_metrics(
         [stereo_metrics.clip_metrics(s, rate) for s in samples])
     out["data"] = audio_summaries.data_stereo_metrics(config, frames, max_clips=16)
-    out["coupling"] = channel_bits.teacher_forced_coupling(model, config, clips)
   return out
 
 
@@ -301,6 +303,11 @@ def main(argv):
       if _REUSE.value and os.path.exists(score_file):
         with open(score_file, encoding="utf-8") as f:
           scores = json.load(f)
+        if "residual_correlation" not in scores.get("coupling", {}):  # scored by older code
+          config, model, _ = checkpoint.load_for_inference(workdir)
+          scores["coupling"] = channel_bits.teacher_forced_coupling(model, config, clips)
+          with open(score_file, "w", encoding="utf-8") as f:
+            json.dump(scores, f)
       else:
         scores = score(workdir, clips)
         with open(score_file, "w", encoding="utf-8") as f:
@@ -321,6 +328,7 @@ def main(argv):
       if baseline is not None:
         row["right_gain_over_two_mono"] = baseline["right"] - b["right"]
         row["left_gain_over_two_mono"] = baseline["left"] - b["left"]
+      row["teacher_forced"] = r["coupling"]
       if "samples" in r:
         row["sample_correlation"] = r["samples"]["correlation"]
         row["data_correlation"] = r["data"]["correlation"]
@@ -328,7 +336,6 @@ def main(argv):
         row["data_side_to_mid_db"] = r["data"]["side_to_mid_db"]
         row["sample_level_difference_db_spread"] = r["samples"]["level_difference_db_spread"]
         row["data_level_difference_db_spread"] = r["data"]["level_difference_db_spread"]
-        row["teacher_forced"] = r["coupling"]
       rows.append(row)
 
   def fmt(v, spec=".2f"):
@@ -336,9 +343,9 @@ def main(argv):
 
   print("\n| data | variant | bits total | left | right | right - left | right gain vs two-mono "
         "| left gain vs two-mono | sample corr (data) | tf corr: one-step draws / L + drawn R "
-        "/ means (data) | tf R noise fraction | sample side/mid dB (data) | tokens/s "
-        "| peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "/ means (data) | tf residual corr | tf R noise fraction | sample side/mid dB (data) "
+        "| tokens/s | peak RSS MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     corr = (f"{r['sample_correlation']:.2f} ({r['data_correlation']:.2f})"
             if "sample_correlation" in r else "-")
@@ -348,10 +355,12 @@ def main(argv):
     tf = (f"{t['one_step_samples']:.2f} / {t['true_left_sampled_right']:.2f} / "
           f"{t['mean_prediction']:.2f} ({t['data']:.2f})" if t else "-")
     noise = f"{t['right_noise_fraction']:.2f}" if t else "-"
+    residual = f"{t['residual_correlation']:.2f}" if t else "-"
     print(f"| {r['dataset']} | {r['variant']} | {r['bits_total']:.2f} | {r['bits_left']:.2f} | "
           f"{r['bits_right']:.2f} | {r['right_minus_left']:+.2f} | "
           f"{fmt(r.get('right_gain_over_two_mono'), '+.2f')} | "
-          f"{fmt(r.get('left_gain_over_two_mono'), '+.2f')} | {corr} | {tf} | {noise} | {side} | "
+          f"{fmt(r.get('left_gain_over_two_mono'), '+.2f')} | {corr} | {tf} | {residual} | "
+          f"{noise} | {side} | "
           f"{r['tokens_per_second']:.0f} | {r['max_rss_mib']:.0f} |")
   print("\nValidation audio, linear predictor from 16 past frames of both channels:")
   for dataset, h in headroom.items():

@@ -93,22 +93,29 @@ def _predictive(params, x, key, levels, *, graphdef, head, bits, n_mixtures):
 
 def teacher_forced_coupling(model, config, clips: np.ndarray, *, seed: int = 0,
                             batch_size: int = 4) -> dict[str, float]:
-  """How much inter-channel correlation a stereo model's one-step predictions carry.
+  """How much inter-channel correlation a model's one-step predictions carry and leave.
 
-  Every position of each clip's stream is predicted from the true preceding tokens (the
-  convolution mode, as in training). Per clip, zero-lag correlations (`stereo_metrics`) of:
+  Every position is predicted from the true preceding tokens (the convolution mode, as in
+  training): a stereo model on each clip's interleaved stream, a mono model (the two-mono
+  baseline) on each channel of each clip as its own stream. Per clip, zero-lag correlations
+  (`stereo_metrics.correlation`) of:
     * `data`: the true channels;
-    * `mean_prediction`: the predicted means (E[L[t] | past], E[R[t] | past, L[t]]);
+    * `mean_prediction`: the predicted means (E[L[t] | past], E[R[t] | past, L[t]] for
+      `temporal`);
     * `one_step_samples`: one draw per position from the predicted distributions;
-    * `true_left_sampled_right`: the true left channel with the right channel drawn.
-  If `one_step_samples` is near `data`, the model has learned the coupling and a low correlation
-  of free-running samples comes from generating from its own (drifting) past; if it is low too,
-  the per-step noise (the predicted spread, `right_noise_fraction` = mean predicted variance of
-  R[t] over the variance of R) swamps the coupling even with the true past.
+    * `true_left_sampled_right`: the true left channel with the right channel drawn;
+    * `residual_correlation`: of the prediction errors (true minus predicted mean) of the two
+      channels: the same-time coupling the model leaves unexplained. A two-mono model leaves
+      all of it (the data's innovation correlation); a stereo model that predicts R[t] from
+      L[t] as well as the data allow leaves about 0.
+  `right_noise_fraction` is the mean predicted variance of R[t] over the variance of R. Draws
+  given the true past inherit most of the data's correlation through that past: a gap between
+  `one_step_samples` and free-running samples' correlation comes from generating from the
+  model's own past.
 
   Args:
-    model, config: a stereo `SaShiMiLM` and its ConfigDict.
-    clips: float32 (N, L, 2) stereo audio, L = `dataset.sample_len`.
+    model, config: a `SaShiMiLM` and its ConfigDict (stereo, or mono for two-mono).
+    clips: float32 (N, L, 2) stereo audio, L = `dataset.sample_len` for stereo models.
     seed: of the draws.
     batch_size: streams per forward pass.
 
@@ -116,12 +123,15 @@ def teacher_forced_coupling(model, config, clips: np.ndarray, *, seed: int = 0,
     Means over clips of the figures above.
   """
   dataset = config.dataset
-  if not dataset.is_stereo:
-    raise ValueError("teacher_forced_coupling needs a stereo model (dataset.is_stereo).")
   clips = np.asarray(clips, np.float32)
+  if clips.ndim != 3 or clips.shape[-1] != 2:
+    raise ValueError(f"teacher_forced_coupling needs stereo clips (N, L, 2), got {clips.shape}.")
   bits = int(dataset.bits)
-  strategy = dataset.interleaving_strategy
-  streams = np.stack([pipeline.encode_clip(c, dataset) for c in clips])
+  if dataset.is_stereo:
+    streams = np.stack([pipeline.encode_clip(c, dataset) for c in clips])
+  else:  # rows 2i, 2i + 1: the left and right channel of clip i
+    streams = np.stack([pipeline.encode_clip(c[:, k:k + 1], dataset)
+                        for c in clips for k in (0, 1)])
   levels = jnp.asarray(quantize.decode(np.arange(2**bits), bits, dataset.quantization),
                        jnp.float32)
   head = config.model.output_head
@@ -139,11 +149,13 @@ def teacher_forced_coupling(model, config, clips: np.ndarray, *, seed: int = 0,
                       graphdef=graphdef, head=head, bits=bits, n_mixtures=n_mixtures)
     for store, value in zip((means, variances, draws), out):
       store.append(np.asarray(value)[:rows])
-  true = stereo.deinterleave(np.asarray(quantize.decode(streams, bits, dataset.quantization)),
-                             strategy)
-  mean, variance, draw = (stereo.deinterleave(np.concatenate(v), strategy)
-                          for v in (means, variances, draws))
-  return coupling_figures(true, mean, variance, draw)
+  arrays = [np.asarray(quantize.decode(streams, bits, dataset.quantization))] + [
+      np.concatenate(v) for v in (means, variances, draws)]
+  if dataset.is_stereo:
+    arrays = [stereo.deinterleave(a, dataset.interleaving_strategy) for a in arrays]
+  else:  # (2N, L) -> (N, L, 2)
+    arrays = [a.reshape(-1, 2, a.shape[-1]).transpose(0, 2, 1) for a in arrays]
+  return coupling_figures(*arrays)
 
 
 def coupling_figures(true: np.ndarray, mean: np.ndarray, variance: np.ndarray,
@@ -155,13 +167,15 @@ def coupling_figures(true: np.ndarray, mean: np.ndarray, variance: np.ndarray,
       and one draw, de-interleaved to (clip, frame, channel).
   """
   figures = {"data": [], "mean_prediction": [], "one_step_samples": [],
-             "true_left_sampled_right": [], "right_noise_fraction": []}
+             "true_left_sampled_right": [], "residual_correlation": [],
+             "right_noise_fraction": []}
   for i in range(true.shape[0]):
     figures["data"].append(stereo_metrics.correlation(true[i]))
     figures["mean_prediction"].append(stereo_metrics.correlation(mean[i]))
     figures["one_step_samples"].append(stereo_metrics.correlation(draw[i]))
     figures["true_left_sampled_right"].append(stereo_metrics.correlation(
         np.stack([true[i, :, 0], draw[i, :, 1]], axis=-1)))
+    figures["residual_correlation"].append(stereo_metrics.correlation(true[i] - mean[i]))
     figures["right_noise_fraction"].append(
         float(np.mean(variance[i, :, 1]) / max(float(np.var(true[i, :, 1])), 1e-12)))
   return {name: float(np.mean(values)) for name, values in figures.items()}

@@ -58,8 +58,25 @@ def test_teacher_forced_coupling_data_and_ranges():
     assert -1.0 <= got[name] <= 1.0
   # An untrained model predicts a broad distribution: its variance is of the signal's order.
   assert got["right_noise_fraction"] > 0.1
-  with pytest.raises(ValueError, match="stereo"):
-    channel_bits.teacher_forced_coupling(model, _config(False), clips)
+  with pytest.raises(ValueError, match="stereo clips"):
+    channel_bits.teacher_forced_coupling(model, config, clips[..., :1])
+
+
+def test_teacher_forced_coupling_of_a_mono_model_pairs_each_clips_channels():
+  rng = np.random.default_rng(2)
+  clips = rng.uniform(-0.8, 0.8, (3, 16, 2)).astype(np.float32)
+  clips[1] = clips[1, :, ::-1]
+  mono = _config(False)
+  model = build_model(mono, nnx.Rngs(0))
+  got = channel_bits.teacher_forced_coupling(model, mono, clips, batch_size=4)
+  from sashimi_jax import stereo_metrics  # pylint: disable=g-import-not-at-top
+  # Each channel encoded as its own mono stream, paired with the other channel of its clip.
+  decoded = [np.concatenate([pipeline.decode_tokens(pipeline.encode_clip(c[:, k:k + 1],
+                                                                         mono.dataset),
+                                                    mono.dataset) for k in (0, 1)], axis=-1)
+             for c in clips]
+  assert got["data"] == pytest.approx(np.mean([stereo_metrics.correlation(d) for d in decoded]),
+                                      abs=1e-6)
 
 
 def test_coupling_figures_of_a_certain_and_of_a_blind_model():
@@ -72,10 +89,13 @@ def test_coupling_figures_of_a_certain_and_of_a_blind_model():
     assert got[name] == pytest.approx(got["data"], abs=1e-12)
   assert got["data"] > 0.9
   assert got["right_noise_fraction"] == 0.0
+  assert got["residual_correlation"] == 0.0  # nothing left unexplained
   # Blind to the other channel: draws independent of the true left channel.
   draw = rng.standard_normal(true.shape)
   got = channel_bits.coupling_figures(true, np.zeros_like(true), np.ones_like(true), draw)
   assert abs(got["one_step_samples"]) < 0.1
   assert abs(got["true_left_sampled_right"]) < 0.1
+  # Predicting 0 leaves the whole same-time coupling in the errors.
+  assert got["residual_correlation"] == pytest.approx(got["data"], abs=1e-12)
   assert got["right_noise_fraction"] == pytest.approx(1 / np.var(true[..., 1], axis=1).mean(),
                                                       rel=0.05)
