@@ -6,11 +6,13 @@ Run (from the repository root):
 
 Rows, all per scan step (one token per row), minimum of --repeats runs after a warm-up, wall and
 process-CPU milliseconds:
-  * model.step: `model.step` alone in a `lax.scan` (the U-Net levels, `lax.cond` between them);
+  * model.step: `model.step` alone in a `lax.scan` (the deeper U-Net levels in `fori_loop`s of 0
+    or 1 iterations, models/level.py);
   * sampler: the inverse-CDF draw of one token per row from fixed logits (the head's share);
   * static schedule: `model.step` unrolled 16 times per scan iteration with the level phase a
-    Python int, so every `lax.cond` is resolved at trace time (what a cond-free step would cost);
-    its outputs are checked against the dynamic step's;
+    Python int, so the level schedule is resolved at trace time (no loops or conditionals); its
+    outputs are checked against the dynamic step's. Measured 2026-11-29: 2x slower at batch 1
+    and no faster at batch 16 than the dynamic step, so the sampler does not use it;
   * gemm (B,K)@(K,M): a matmul + tanh chain of the model's sizes, with its FLOP rate, which
     shows how little a batch gains per row from XLA's CPU small-matrix dots;
   * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 complex) alone, for the widths
@@ -20,7 +22,6 @@ Prints a table and one JSON line. The machine may be shared: compare rows of one
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -57,23 +58,6 @@ def _best_ms(fn, steps: int, repeats: int) -> tuple[float, float]:
     wall = min(wall, time.perf_counter() - start)
     cpu = min(cpu, time.process_time() - start_cpu)
   return wall / steps * 1e3, cpu / steps * 1e3
-
-
-@contextlib.contextmanager
-def _static_conds():
-  """`lax.cond` with a Python-bool predicate calls its branch directly (no conditional op)."""
-  original = jax.lax.cond
-
-  def cond(pred, true_fn, false_fn, *operands):
-    if isinstance(pred, (bool, np.bool_)):
-      return true_fn(*operands) if pred else false_fn(*operands)
-    return original(pred, true_fn, false_fn, *operands)
-
-  jax.lax.cond = cond
-  try:
-    yield
-  finally:
-    jax.lax.cond = original
 
 
 def main(argv):
@@ -139,11 +123,10 @@ def main(argv):
       uniforms = jax.random.uniform(jax.random.key(0), (steps, batch))
       return jax.lax.scan(body, jnp.zeros((batch,)), uniforms)[1]
 
-    report("model.step (lax.cond)", batch, _best_ms(lambda: dynamic(params), steps, repeats))
-    with _static_conds():
-      static_ms = _best_ms(lambda: static(params), steps, repeats)
-      difference = float(np.abs(np.asarray(dynamic(params)) -
-                                np.asarray(static(params)).reshape(steps, batch)).max())
+    report("model.step (dynamic)", batch, _best_ms(lambda: dynamic(params), steps, repeats))
+    static_ms = _best_ms(lambda: static(params), steps, repeats)
+    difference = float(np.abs(np.asarray(dynamic(params)) -
+                              np.asarray(static(params)).reshape(steps, batch)).max())
     report("model.step (static sched.)", batch, static_ms)
     if difference > 1e-4:
       raise AssertionError(f"static schedule differs from the step by {difference}")

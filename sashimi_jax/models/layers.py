@@ -218,7 +218,7 @@ class DownPool(nnx.Module):
     """One fine step: x (B, H) at position `slot` of its block -> (pooled (B, expand*H), state).
 
     `pooled` is the DownPool output of the block and is meaningful only when slot == pool - 1
-    (the backbone calls `push` always and `project` only then, inside a `lax.cond`).
+    (the backbone calls `push` always and `project` only then, in a loop of 0 or 1 iterations).
     """
     state = self.push(state, x, slot)
     return self.project(state), state

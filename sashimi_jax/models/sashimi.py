@@ -9,8 +9,8 @@ runs a stage with a residual around it. Each stage keeps its pairs' parameters s
 axis and runs them as one scan (models/stage.py), so compile time does not grow with n_layers.
 
 Recurrent mode replaces the reference's Python lists and `if x is None: break` by static
-structure: one fine step runs level 0, and level k+1 runs (inside one `lax.cond` per level) at the
-fine steps t with (t + 1) % prod(pool[:k+1]) == 0.
+structure: one fine step runs level 0, and level k+1 runs (inside one `fori_loop` of 0 or 1
+iterations per level, see models/level.py) at the fine steps t with (t + 1) % prod(pool[:k+1]) == 0.
 """
 
 from __future__ import annotations
