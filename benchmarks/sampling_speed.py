@@ -2,6 +2,8 @@
 
 Run (from the repository root):
   python benchmarks/sampling_speed.py                              # tiny + SC09, mono + stereo
+  python benchmarks/sampling_speed.py --configs=tiny --channels=mono --batch_sizes=1,16
+                                      # the README's rows (issue #12: batch 16 vs the reference)
   python benchmarks/sampling_speed.py --configs=tiny --batch_sizes=1 --num_tokens=4096
   python benchmarks/sampling_speed.py --configs=sc09 --sc09_layers=s4d,s4   # SC09 with S4D too
 
@@ -13,7 +15,7 @@ first: a float32 matmul rate (GFLOP/s) and a copy bandwidth (GB/s, read + write)
     FLOPs per token are estimated as 2 x the weights each token touches (level k of the U-Net
     runs once every prod(pool[:k]) tokens; the embedding is a lookup and is not counted);
   * at batch 1, per-token time versus the time to read those weights once from memory;
-  * at batch 32, per-step time versus those FLOPs at the matmul rate.
+  * at batch >= 16, per-step time versus those FLOPs at the matmul rate.
 Timings are the minimum of --repeats runs after a warm-up. The machine may be shared: numbers
 are noisy; `cpu ms/t` (process CPU time per token) is the steadier figure for a mostly
 single-threaded batch-1 run. Prints a table and one JSON line.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import runpy
 import sys
@@ -42,7 +45,7 @@ from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "sc09"], "tiny (configs/mono.py:tiny, the "
                              "reference's 1.46M S4D model) and/or sc09 (configs/sc09.py).")
 _CHANNELS = flags.DEFINE_list("channels", ["mono", "stereo"], "mono and/or stereo.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Batch sizes.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "32"], "Batch sizes.")
 _NUM_TOKENS = flags.DEFINE_integer("num_tokens", 2048, "Tokens generated per timed run.")
 _LOOP_TOKENS = flags.DEFINE_integer("loop_tokens", 256, "Tokens per timed Python-loop run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (minimum reported).")
@@ -193,7 +196,7 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
   def run(seed=[0]):  # pylint: disable=dangerous-default-value
     seed[0] += 1
     return sampling._generate_all(  # pylint: disable=protected-access
-        params, jax.random.key(seed[0]), jnp.int32(0), None, graphdef=graphdef,
+        params, jax.random.key(seed[0]), jnp.int32(0), None, None, graphdef=graphdef,
         settings=settings, new_tokens=num_tokens)
 
   start = time.perf_counter()
@@ -226,7 +229,7 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
     read_ms = per_token_weights * 4 / (ceilings["copy_gbytes_per_s"] * 1e9) * 1e3
     row["weight_read_ms"] = round(read_ms, 5)
     row["step_over_weight_read"] = round(step_ms / read_ms, 2)
-  if batch_size >= 32:
+  if batch_size >= 16:
     floor_ms = flops_per_step / (ceilings["matmul_gflops"] * 1e9) * 1e3
     row["matmul_floor_ms"] = round(floor_ms, 5)
     row["step_over_matmul_floor"] = round(step_ms / floor_ms, 2)
@@ -240,7 +243,8 @@ def main(argv):
   ceilings = {"matmul_gflops": round(matmul_gflops(), 1),
               "copy_gbytes_per_s": round(copy_gbytes_per_s(), 1)}
   print(f"matmul {ceilings['matmul_gflops']} GFLOP/s, copy {ceilings['copy_gbytes_per_s']} GB/s "
-        f"(read + write); {jax.device_count()} {jax.default_backend()} device(s)")
+        f"(read + write); {jax.device_count()} {jax.default_backend()} device(s); load average "
+        f"{os.getloadavg()[0]:.2f}")
   rows = []
   header = (f"{'config':>9} {'ch':>2} {'B':>3} {'ms/step':>9} {'ms/token':>9} {'cpu ms/t':>9} "
             f"{'tok/s':>9} "
@@ -266,7 +270,8 @@ def main(argv):
               f"{row['compile_s']:8.1f}" + (f"  ({row['note']})" if "note" in row else ""),
               flush=True)
   print(json.dumps({"benchmark": "sampling_speed", "num_tokens": _NUM_TOKENS.value,
-                    "unroll": _UNROLL.value, **ceilings, "rows": rows}))
+                    "unroll": _UNROLL.value, "load_average": os.getloadavg(), **ceilings,
+                    "rows": rows}))
 
 
 if __name__ == "__main__":
