@@ -80,6 +80,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Clips generated per varia
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/stereo_strategies", "Runs and rendered data.")
 _PNG = flags.DEFINE_string("png", "stereo_strategies.png", "Learning-curve plot ('' = none).")
 _REUSE = flags.DEFINE_bool("reuse", True, "Reuse a finished run found in --workdir.")
+_TRAIN = flags.DEFINE_bool("train", True, "Train missing runs (False: table of finished runs "
+                           "only, skipping the others).")
 
 
 def uncorrelated_dataset(directory: pathlib.Path) -> str:
@@ -293,6 +295,9 @@ def main(argv):
       if _REUSE.value and os.path.exists(run_file):
         with open(run_file, encoding="utf-8") as f:
           run = json.load(f)
+      elif not _TRAIN.value:
+        print(f"[{dataset}] {variant}: no finished run in {workdir}, skipped (--notrain)")
+        continue
       else:
         os.makedirs(workdir, exist_ok=True)
         run = train_variant(file, overrides, workdir)
