@@ -25,8 +25,8 @@ def _relative_error(reference, other):
   return float(np.linalg.norm(reference - other) / np.linalg.norm(reference))
 
 
-def _stage(ff, dropout=0.0, remat="none"):
-  return Stage(8, n_layers=3, ff=ff, dropout=dropout, remat=remat, l_max=32, layer="s4d",
+def _stage(ff, dropout=0.0, remat="none", n_layers=3):
+  return Stage(8, n_layers=n_layers, ff=ff, dropout=dropout, remat=remat, l_max=32, layer="s4d",
                d_state=8, n_ssm=1, final_act="glu", init="diag-lin", disc="zoh", dt_min=1e-3,
                dt_max=1e-1, rngs=nnx.Rngs(0))
 
@@ -61,13 +61,13 @@ def _loop(stage, x, skips=None, keys=None, step=None):
   return x, new_states, jnp.stack(s4_out)
 
 
-@pytest.mark.parametrize("ff", [2, 0])
-def test_scanned_stage_equals_python_loop(ff):
-  stage = _stage(ff)
+@pytest.mark.parametrize("ff,n_layers", [(2, 3), (0, 3), (2, 2)])  # 2: the unrolled scan.
+def test_scanned_stage_equals_python_loop(ff, n_layers):
+  stage = _stage(ff, n_layers=n_layers)
   chex.assert_shape(stage.pair(0).s4.layer.D[...], (8,))
   x = jax.random.normal(jax.random.key(1), (2, 32, 8))
-  skips = (jax.random.normal(jax.random.key(2), (3, 2, 32, 8)),
-           jax.random.normal(jax.random.key(3), (3, 2, 32, 8)) if ff else None)
+  skips = (jax.random.normal(jax.random.key(2), (n_layers, 2, 32, 8)),
+           jax.random.normal(jax.random.key(3), (n_layers, 2, 32, 8)) if ff else None)
   skips1 = jax.tree.map(lambda s: s[:, :, 0], skips)
 
   def run(stage, x, skips, skips1):
@@ -89,7 +89,7 @@ def test_scanned_stage_equals_python_loop(ff):
   # Not vacuous: the layers differ (their parameters were drawn from split rngs).
   assert _relative_error(*pairs[3]) > 1e-2
   new_state, loop_states = pairs[5:]
-  chex.assert_equal(jax.tree.leaves(new_state)[0].shape[0], 3)
+  chex.assert_equal(jax.tree.leaves(new_state)[0].shape[0], n_layers)
   for i, st in enumerate(loop_states):
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], new_state), st, rtol=1e-6, atol=1e-7)
 

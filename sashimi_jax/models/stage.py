@@ -33,6 +33,8 @@ STACK = "layer_stack"
 # carry between blocks) and recomputes the block in the backward pass.
 REMAT_POLICIES = {"none": None, "block": jax.checkpoint_policies.nothing_saveable}
 REMATS = tuple(REMAT_POLICIES)
+# Stages of at most this many layers run their scan fully unrolled (see Stage.__call__).
+UNROLL_MAX_LAYERS = 2
 
 
 class LayerPair(nnx.Module):
@@ -166,7 +168,10 @@ class Stage(nnx.Module):
         outs["ff_out"] = x
       return x, {name: outs[name] for name in collect if name in outs}
 
-    y, outs = jax.lax.scan(body, x, (s4_params, ff_params, keys, skips))
+    # Shallow stages run unrolled: at 2 layers per stage the loop's residual stacking made the
+    # 1.46M train step ~15% slower on CPU; deep stages keep one loop body (flat compile time).
+    unroll = self.n_layers <= UNROLL_MAX_LAYERS
+    y, outs = jax.lax.scan(body, x, (s4_params, ff_params, keys, skips), unroll=unroll)
     return y, PairOutputs(**outs)
 
   # ----------------------------------------------------------------------------------------------
