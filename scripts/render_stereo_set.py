@@ -88,7 +88,7 @@ def check_tools() -> None:
     raise FileNotFoundError(f"{demo.SOUNDFONT_PATH} not found: apt-get install "
                             "fluid-soundfont-gm")
   try:
-    import music21  # pylint: disable=g-import-not-at-top,unused-import
+    import music21  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
     raise ImportError("music21 is missing: pip install -e '.[demo-render]'") from e
 

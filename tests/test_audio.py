@@ -226,7 +226,7 @@ def test_non_finite_samples_are_found_when_reading(tmp_path, caplog):
   at_end = str(tmp_path / "inf_tail.wav")
   sf.write(at_end, tail, 8000, subtype="FLOAT")
   reader = audio.FileReader()
-  info = reader.probe(middle)  # the tail probe cannot see it ...
+  reader.probe(middle)  # the tail probe cannot see it ...
   with pytest.raises(audio.BadAudioError, match=r"non-finite samples: 1 NaN and 1 infinite, "
                                                 r"the first at frame 1500"):
     reader.read(middle, 1000, 2000)  # ... reading can.
