@@ -32,6 +32,30 @@ def _token_bits(params, x, y, *, graphdef, head, bits, n_mixtures):
   return heads.token_nll(outputs, y, head=head, bits=bits, n_mixtures=n_mixtures) / math.log(2.0)
 
 
+def _streams(clips: np.ndarray, dataset, caller: str) -> np.ndarray:
+  """Token streams of stereo `clips` (N, L, 2) as the model of `dataset` reads them.
+
+  Stereo: one interleaved stream per clip, (N, 2L). Mono (the two-mono baseline): each channel
+  of each clip as its own stream, rows 2i and 2i + 1 the left and right of clip i, (2N, L).
+  """
+  if clips.ndim != 3 or clips.shape[-1] != 2:
+    raise ValueError(f"{caller} needs stereo clips (N, L, 2), got {clips.shape}.")
+  if dataset.is_stereo:
+    return np.stack([pipeline.encode_clip(c, dataset) for c in clips])
+  return np.stack([pipeline.encode_clip(c[:, k:k + 1], dataset) for c in clips for k in (0, 1)])
+
+
+def _padded_batches(streams: np.ndarray, batch_size: int):
+  """Yields (batch (batch_size, T), real rows): the last batch padded with copies of its first
+  row, so every call has one compiled shape; only the first `rows` outputs count."""
+  for start in range(0, streams.shape[0], batch_size):
+    y = streams[start:start + batch_size]
+    rows = y.shape[0]
+    if rows < batch_size:
+      y = np.concatenate([y, np.repeat(y[:1], batch_size - rows, axis=0)])
+    yield y, rows
+
+
 def channel_bits(model, config, clips: np.ndarray, *, batch_size: int = 4) -> dict[str, float]:
   """Mean bits per sample of the left and right channels of stereo `clips`.
 
@@ -47,31 +71,25 @@ def channel_bits(model, config, clips: np.ndarray, *, batch_size: int = 4) -> di
     {"left": bits, "right": bits, "total": their mean} (bits per token = per sample).
   """
   clips = np.asarray(clips, np.float32)
-  if clips.ndim != 3 or clips.shape[-1] != 2:
-    raise ValueError(f"channel_bits needs stereo clips (N, L, 2), got {clips.shape}.")
   dataset = config.dataset
   bits = int(dataset.bits)
+  streams = _streams(clips, dataset, "channel_bits")
   if dataset.is_stereo:
-    streams = np.stack([pipeline.encode_clip(c, dataset) for c in clips])
     channel = stereo.channel_of_position(clips.shape[1], dataset.interleaving_strategy)
     channels = np.broadcast_to(channel, streams.shape)
   else:
-    streams = np.stack([pipeline.encode_clip(c[:, k:k + 1], dataset)
-                        for c in clips for k in (0, 1)])
     channels = np.broadcast_to(np.tile([[0], [1]], (clips.shape[0], 1)), streams.shape)
   head = config_lib.head_args(config)
   graphdef, params = nnx.split(model)
   sums = np.zeros(2)
   counts = np.zeros(2)
-  for start in range(0, streams.shape[0], batch_size):
-    y = streams[start:start + batch_size]
-    rows = y.shape[0]
-    if rows < batch_size:  # one compiled shape: pad with copies, count only the real rows
-      y = np.concatenate([y, np.repeat(y[:1], batch_size - rows, axis=0)])
+  start = 0
+  for y, rows in _padded_batches(streams, batch_size):
     token_bits = np.asarray(_token_bits(
         params, jnp.asarray(pipeline.shift_right(y, bits)), jnp.asarray(y), graphdef=graphdef,
         **head))[:rows]
     c = channels[start:start + rows]
+    start += rows
     for k in (0, 1):
       sums[k] += token_bits[c == k].sum()
       counts[k] += np.sum(c == k)
@@ -124,29 +142,18 @@ def teacher_forced_coupling(model, config, clips: np.ndarray, *, seed: int = 0,
   """
   dataset = config.dataset
   clips = np.asarray(clips, np.float32)
-  if clips.ndim != 3 or clips.shape[-1] != 2:
-    raise ValueError(f"teacher_forced_coupling needs stereo clips (N, L, 2), got {clips.shape}.")
   bits = int(dataset.bits)
-  if dataset.is_stereo:
-    streams = np.stack([pipeline.encode_clip(c, dataset) for c in clips])
-  else:  # rows 2i, 2i + 1: the left and right channel of clip i
-    streams = np.stack([pipeline.encode_clip(c[:, k:k + 1], dataset)
-                        for c in clips for k in (0, 1)])
+  streams = _streams(clips, dataset, "teacher_forced_coupling")
   levels = jnp.asarray(quantize.decode(np.arange(2**bits), bits, dataset.quantization),
                        jnp.float32)
-  head = config.model.output_head
-  n_mixtures = int(config.model.n_mixtures) if head == "dml" else 0
+  head = config_lib.head_args(config)
   graphdef, params = nnx.split(model)
   key = jax.random.key(seed)
   means, variances, draws = [], [], []
-  for start in range(0, streams.shape[0], batch_size):
-    y = streams[start:start + batch_size]
-    rows = y.shape[0]
-    if rows < batch_size:
-      y = np.concatenate([y, np.repeat(y[:1], batch_size - rows, axis=0)])
+  for y, rows in _padded_batches(streams, batch_size):
     key, sub = jax.random.split(key)
     out = _predictive(params, jnp.asarray(pipeline.shift_right(y, bits)), sub, levels,
-                      graphdef=graphdef, head=head, bits=bits, n_mixtures=n_mixtures)
+                      graphdef=graphdef, **head)
     for store, value in zip((means, variances, draws), out):
       store.append(np.asarray(value)[:rows])
   arrays = [np.asarray(quantize.decode(streams, bits, dataset.quantization))] + [
