@@ -19,13 +19,14 @@ from sashimi_jax.data import audio
 from sashimi_jax.data import quantize
 from sashimi_jax.data import stereo
 from sashimi_jax.models import input_conv
+from sashimi_jax.models import kernels
 from sashimi_jax.models import s4
 from sashimi_jax.models import sashimi
 from sashimi_jax.models import stage
 from sashimi_jax.models.ssm import discretize
 
 # Each list of allowed values is declared by the module that implements it.
-LAYERS = s4.LAYERS
+LAYERS = kernels.LAYERS
 FINAL_ACTS = s4.FINAL_ACTS
 OUTPUT_HEADS = heads.HEADS
 QUANTIZATIONS = quantize.METHODS
@@ -240,10 +241,10 @@ def find_problems(config, *, num_devices: int | None = None,
   _check_float(config, f"{m}.dropout", problems, minimum=0.0, maximum=0.99)
   _check_choice(config, f"{m}.final_act", FINAL_ACTS, problems)
   init = _get(config, f"{m}.init", problems)
-  if init is not None and layer is not None and init not in s4.INITS[layer]:
+  if init is not None and layer is not None and init not in kernels.INITS[layer]:
     problems.append(f"{m}.init={init!r} does not fit layer={layer!r}; choose one of "
-                    f"{', '.join(map(repr, s4.INITS[layer]))}, or None for the layer's default "
-                    f"{s4.DEFAULT_INIT[layer]!r}.")
+                    f"{', '.join(map(repr, kernels.INITS[layer]))}, or None for the layer's "
+                    f"default {kernels.DEFAULT_INIT[layer]!r}.")
   disc = _get(config, f"{m}.disc", problems)
   if disc is not None and disc not in DISCRETIZATIONS:
     problems.append(f"{m}.disc={disc!r} is unknown; choose one of "

@@ -7,8 +7,9 @@ bottom (`Center`) runs one stage with a residual around it. Stages are scanned (
 
 Recurrent mode: a level steps at every fine step t with t % rate_tokens == rate_tokens - 1 (the
 caller guarantees it); the next level runs at the last slot of each of this level's pooling
-blocks, as a `fori_loop` of 0 or 1 iterations (or chosen while tracing when t is a Python int). DownPool keeps a ring buffer of its last `pool` inputs; UpPool keeps the
-`pool` outputs it will emit next (zeros at first, like the shift).
+blocks, as a `fori_loop` of 0 or 1 iterations (or chosen while tracing when t is a Python int).
+DownPool keeps a ring buffer of its last `pool` inputs; UpPool keeps the `pool` outputs it will
+emit next (zeros at first, like the shift).
 """
 
 from __future__ import annotations

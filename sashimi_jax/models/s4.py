@@ -21,10 +21,6 @@ from sashimi_jax.models.ssm import chunkconv
 from sashimi_jax.models.ssm import fftconv
 from sashimi_jax.models.ssm import freqconv
 
-LAYERS = kernels.LAYERS
-INITS = kernels.INITS
-DEFAULT_INIT = kernels.DEFAULT_INIT
-DEFAULT_DISC = kernels.DEFAULT_DISC
 FINAL_ACTS = ("glu", "id")
 # How the long convolution is computed (see README "Speed"): "fft" builds the kernel in time and
 # uses three FFTs; "fft_freq" evaluates the kernel's spectrum directly (two FFTs); "chunked" passes
