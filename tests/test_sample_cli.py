@@ -140,19 +140,29 @@ def _clips(output_dir, result):
   return [sf.read(output_dir / r["file"], dtype="float32")[0] for r in result.records]
 
 
-@pytest.mark.parametrize("strategy", ["blocking", "blocking-4"])
-def test_prompt_right_channel_reaches_the_clip(tmp_path, strategy):
-  # The stub would put silence in the right channel; the prompt's right channel must win.
-  frames = 48
+def _run_with_stereo_prompt(tmp_path, strategy, frames, **job_options):
+  """Two clips of `frames` frames from the ChannelStub, continuing a 10-frame stereo prompt.
+
+  Returns:
+    (config, the loaded prompt clip (10, 2), its tokens, the job's result, output folder).
+  """
   config = stereo_config(strategy, frames)
-  rate = config.dataset.sample_rate
-  _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
+  _write_stereo_prompt(tmp_path / "prompt.wav", 10, config.dataset.sample_rate)
   [(_, clip)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
   prompt = prompts.prompt_tokens(clip, config, frames)
   out = tmp_path / "out"
   result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
-                              num_samples=2, per_device_batch_size=2, clip_frames=frames, chunk_tokens=7,
-                              prompts=prompt[None], prompt_names=["prompt.wav"])
+                              num_samples=2, per_device_batch_size=2, clip_frames=frames,
+                              prompts=prompt[None], prompt_names=["prompt.wav"], **job_options)
+  return config, clip, prompt, result, out
+
+
+@pytest.mark.parametrize("strategy", ["blocking", "blocking-4"])
+def test_prompt_right_channel_reaches_the_clip(tmp_path, strategy):
+  # The stub would put silence in the right channel; the prompt's right channel must win.
+  frames = 48
+  config, clip, _, result, out = _run_with_stereo_prompt(tmp_path, strategy, frames,
+                                                         chunk_tokens=7)
   flat = pipeline.encode_clip(clip, config.dataset)[
       stereo.inverse_permutation(10, strategy)].reshape(10, 2)
   expected_prompt = pipeline.decode_tokens(flat.reshape(-1), stereo_config("temporal").dataset)
@@ -213,16 +223,7 @@ def test_dplr_prompt_limit_is_refused_before_compiling(tmp_path, monkeypatch):
 
 
 def test_prompted_generation_continues_the_prompt(tmp_path):
-  frames, strategy = 48, "temporal"
-  config = stereo_config(strategy, frames)
-  rate = config.dataset.sample_rate
-  _write_stereo_prompt(tmp_path / "prompt.wav", 10, rate)
-  [(_, clip)] = prompts.load_prompts([str(tmp_path / "prompt.wav")], config, frames=10)
-  prompt = prompts.prompt_tokens(clip, config, frames)
-  out = tmp_path / "out"
-  result = sample_job.run_job(ChannelStub(frames, strategy), config, output_dir=str(out), job={},
-                              num_samples=2, per_device_batch_size=2, clip_frames=frames,
-                              prompts=prompt[None], prompt_names=["prompt.wav"])
+  config, _, prompt, result, out = _run_with_stereo_prompt(tmp_path, "temporal", 48)
   expected_prompt = pipeline.decode_tokens(prompt, config.dataset)  # (10, 2)
   for record in result.records:
     assert record["prompt"] == "prompt.wav"
