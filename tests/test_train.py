@@ -488,7 +488,7 @@ def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path, cache_dir):
 
 def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_checkpoints(tmp_path, cache_dir):
   workdir = tmp_path / "ctrl_c_twice"
-  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=1.5)  # the window for the second Ctrl-C
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
   proc = _launch(workdir, cache_dir, "--config.train.num_steps=1000",
                  "--config.train.checkpoint_every_steps=2", driver=True, env=env)
   _wait_for_step(proc, workdir, 3)
