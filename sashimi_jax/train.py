@@ -223,9 +223,9 @@ class PreemptionSync:
     `jax.distributed`), the flags are OR-ed with `process_allgather` every step. On one process
     that reduction is skipped: the flag is the answer.
   SIGINT (Ctrl-C) sets the same flag (except on a multi-process run with the sync manager, which
-  cannot share it): the run saves after the current step and stops. A second SIGINT restores the
-  previous handler's behaviour, a KeyboardInterrupt at once; a save it interrupts leaves only a
-  temporary directory, never a damaged step (Orbax renames a step into place when complete).
+  cannot share it): the run saves after the current step and stops. A second SIGINT raises
+  KeyboardInterrupt at once; a save it interrupts leaves only a temporary directory, never a
+  damaged step (Orbax renames a step into place when complete).
   Use as a context manager (installs/restores the handlers) and call `should_stop(step)` after
   every train step, on every process.
   """
@@ -233,6 +233,7 @@ class PreemptionSync:
   def __init__(self):
     self.requested = False  # this process received SIGTERM or SIGINT (Python-handler mode).
     self.signal_name = None  # "SIGTERM" or "SIGINT", the first one received.
+    self.interrupted_twice = False  # a second SIGINT arrived: stop at once.
     self._previous = {}
     self._use_sync_manager = jax.distributed.is_initialized()
 
@@ -251,9 +252,23 @@ class PreemptionSync:
     self.requested = True
     self.signal_name = self.signal_name or signal.Signals(signum).name
     if signum == signal.SIGINT:
-      signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+      # Our own second-stage handler, not `default_int_handler`: asyncio.Runner (used by some
+      # checkpoint I/O) swaps `default_int_handler` for one that only cancels its task, and a
+      # KeyboardInterrupt raised inside a finalizer or callback is printed and dropped. Both lost
+      # the second Ctrl-C; the flag survives them (see `raise_if_interrupted_twice`).
+      signal.signal(signal.SIGINT, self._handle_second_sigint)
       print("SIGINT: saving a checkpoint after this step, then stopping (Ctrl-C again stops at "
             "once).", file=sys.stderr, flush=True)
+
+  def _handle_second_sigint(self, signum, frame):
+    del signum, frame
+    self.interrupted_twice = True
+    raise KeyboardInterrupt
+
+  def raise_if_interrupted_twice(self) -> None:
+    """Re-raises a second Ctrl-C that some library swallowed (checked between steps)."""
+    if self.interrupted_twice:
+      raise KeyboardInterrupt
 
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
@@ -434,6 +449,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   try:
     with PreemptionSync() as preemption:
       while step < num_steps:
+        preemption.raise_if_interrupted_twice()
         local_batch = next(train_iter)
         state, step_metrics = train_step(state, sharding_lib.global_batch(mesh, local_batch))
         step += 1
@@ -502,6 +518,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           logging.warning("%s: saved step %d, exiting.", name, step)
           print(f"{what} ({name}): saved checkpoint at step {step}.", flush=True)
           break
+      preemption.raise_if_interrupted_twice()
     if previous_metrics is not None:
       _check_nonfinite(config, jax.device_get(previous_metrics), step)
     if step >= num_steps and last_saved != step:

@@ -71,6 +71,15 @@ if fsize_at_step:  # the save of that step hits a 64-byte file size limit (EFBIG
     finally:
       resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
   checkpoint.Checkpointer.save = save
+save_delay_from = int(os.environ.get("TEST_SAVE_DELAY_FROM_STEP", "0"))
+if save_delay_from:  # saves of later steps first sleep (a Ctrl-C can land there), then save.
+  from sashimi_jax import checkpoint as checkpoint_for_delay
+  undelayed_save = checkpoint_for_delay.Checkpointer.save
+  def delayed_save(self, step, *args, **kwargs):
+    if step >= save_delay_from:
+      time.sleep(float(os.environ["TEST_SAVE_DELAY_SECONDS"]))
+    return undelayed_save(self, step, *args, **kwargs)
+  checkpoint_for_delay.Checkpointer.save = delayed_save
 original = sharding.global_batch
 def global_batch(mesh, batch):
   calls[0] += 1
@@ -488,7 +497,11 @@ def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path, cache_dir):
 
 def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_checkpoints(tmp_path, cache_dir):
   workdir = tmp_path / "ctrl_c_twice"
-  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4)
+  # Saves from step 4 on wait 30 s first, so the second Ctrl-C surely lands inside a run that is
+  # saving (with a bare batch delay, a loaded machine could finish the save and exit before the
+  # test sent it: exit 0, a flaky failure).
+  env = _env(cache_dir, TEST_BATCH_DELAY_SECONDS=0.4, TEST_SAVE_DELAY_FROM_STEP=4,
+             TEST_SAVE_DELAY_SECONDS=30)
   proc = _launch(workdir, cache_dir, "--config.train.num_steps=1000",
                  "--config.train.checkpoint_every_steps=2", driver=True, env=env)
   _wait_for_step(proc, workdir, 3)
@@ -497,9 +510,30 @@ def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_checkpoints(tmp_pat
   while "SIGINT: saving a checkpoint" not in (workdir / "log.txt").read_text(encoding="utf-8"):
     assert time.monotonic() < deadline and proc.poll() is None
     time.sleep(0.01)
-  proc.send_signal(signal.SIGINT)  # while the step's batch is still being waited for.
-  code, log = _finish(proc, workdir)
+  proc.send_signal(signal.SIGINT)  # while the step's batch or its save is waited for.
+  code, log = _finish(proc, workdir, timeout=25)  # well before the 30 s delayed save ends.
   assert code != 0 and "Traceback" not in log, log[-3000:]
   assert len([l for l in log.splitlines() if "Stopped at once by a second Ctrl-C" in l]) == 1
   ckpt = checkpoint_lib.Checkpointer(str(workdir), create=False)
   assert ckpt.all_steps() and all(ckpt.damage(s) is None for s in ckpt.all_steps())
+
+
+def test_a_second_ctrl_c_swallowed_by_a_library_still_stops_the_run():
+  """The second SIGINT's KeyboardInterrupt may be dropped (a finalizer, a callback that catches
+  everything); the flag it sets makes the next check between steps raise it again."""
+  from sashimi_jax import train  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGINT)
+  with train.PreemptionSync() as sync:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)  # the handler runs in the main thread at the next bytecode.
+    assert sync.requested and sync.signal_name == "SIGINT"
+    sync.raise_if_interrupted_twice()  # one Ctrl-C: save and stop after the step, no raise.
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)
+      raise AssertionError("the second SIGINT did not interrupt")
+    except KeyboardInterrupt:
+      pass  # what a library that swallows it does.
+    with pytest.raises(KeyboardInterrupt):
+      sync.raise_if_interrupted_twice()
+  assert signal.getsignal(signal.SIGINT) is before
