@@ -48,7 +48,7 @@ def _loop(stage, x, skips=None, keys=None, step=None):
     else:
       rec, state = step
       x, st = pair.s4.step(jax.tree.map(lambda a: a[i], rec["s4"]),
-                           jax.tree.map(lambda a: a[i], state),
+                           state[i],
                            x)
       new_states.append(st)
     if skips is not None:
@@ -76,7 +76,7 @@ def test_scanned_stage_equals_python_loop(ff, n_layers):
     y_skips, _ = stage(x, skips=skips)
     y_skips_loop = _loop(stage, x, skips)[0]
     layer_outputs = stage.pair(0).s4(x), stage.pair(1).s4(x)
-    # Recurrent step, states stacked like the parameters.
+    # Recurrent step: one state per layer (a tuple), the parameters stacked.
     rec, state = stage.setup_recurrence(), stage.init_state(2)
     y1, new_state, _ = stage.step(rec, state, x[:, 0], skips=skips1)
     y1_loop, loop_states, _ = _loop(stage, x[:, 0], skips1, step=(rec, state))
@@ -89,9 +89,9 @@ def test_scanned_stage_equals_python_loop(ff, n_layers):
   # Not vacuous: the layers differ (their parameters were drawn from split rngs).
   assert _relative_error(*pairs[3]) > 1e-2
   new_state, loop_states = pairs[5:]
-  chex.assert_equal(jax.tree.leaves(new_state)[0].shape[0], n_layers)
+  chex.assert_equal(len(new_state), n_layers)
   for i, st in enumerate(loop_states):
-    chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], new_state), st, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(new_state[i], st, rtol=1e-6, atol=1e-7)
 
 
 def test_scanned_stage_dropout_uses_one_key_per_layer():

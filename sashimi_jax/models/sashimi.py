@@ -178,7 +178,7 @@ class SaShiMiLM(nnx.Module):
 
     Returns:
       {"t": int32 scalar fine-step counter, "level": nested per-level states}; level k holds its
-      stages' S4 states (stacked on the layer axis), its DownPool ring buffer (B, pool_k, H_k),
+      stages' S4 states (a tuple of one state per layer), its DownPool ring buffer (B, pool_k, H_k),
       its UpPool buffer (B, pool_k, H_k) and the deeper level's state under "next".
     """
     if batch_size < 1:

@@ -192,25 +192,32 @@ class Stage(nnx.Module):
     return {"s4": s4, "layers": layers}
 
   def init_state(self, batch_size: int) -> Any:
-    """Zero S4 states for `batch_size` streams, stacked on the layer axis."""
-    return self._map_pairs(lambda pair: pair.s4.init_state(batch_size))
+    """Zero S4 states for `batch_size` streams: a tuple of one state per layer.
+
+    Not stacked on a layer axis: `step` updates each layer's state on its own, and a stacked
+    state would be rebuilt (a copy of all of it) at every token.
+    """
+    return _unstack(self._map_pairs(lambda pair: pair.s4.init_state(batch_size)), self.n_layers)
 
   def prefill_state(self, rec: Any, s4_in: jax.Array) -> Any:
-    """States after the S4 layers consumed their stacked inputs s4_in (n_layers, B, L, H)."""
-    return self._map_pairs(lambda pair, r, z: pair.s4.prefill_state(r, z), rec["s4"],
-                           s4_in.astype(jnp.float32))
+    """States (a tuple, one per layer) after the S4 layers consumed their stacked inputs s4_in
+    (n_layers, B, L, H)."""
+    stacked = self._map_pairs(lambda pair, r, z: pair.s4.prefill_state(r, z), rec["s4"],
+                              s4_in.astype(jnp.float32))
+    return _unstack(stacked, self.n_layers)
 
   def step(self, rec: Any, state: Any, x: jax.Array, *, skips: Any = None,
            collect: tuple[str, ...] = ()) -> tuple[jax.Array, Any, PairOutputs]:
     """One step of every pair in order: x (B, H) -> (y (B, H), next state, PairOutputs).
 
-    `skips` and `collect` as in `__call__`, with (n_layers, B, H) arrays.
+    `state` is `init_state`'s tuple of per-layer states; `skips` and `collect` as in `__call__`,
+    with (n_layers, B, H) arrays.
     """
     graphdef, _ = self._split()
     states, collected = [], {name: [] for name in collect}
     for i, (p, r) in enumerate(rec["layers"]):  # unrolled: the depth is small and static.
       pair = nnx.merge(graphdef, p)
-      st = jax.tree.map(lambda a, i=i: a[i], state)
+      st = state[i]
       skip = None if skips is None else jax.tree.map(lambda a, i=i: a[i], skips)
       outs = {}
       x, st = pair.s4.step(r, st, x)
@@ -226,10 +233,15 @@ class Stage(nnx.Module):
       for name in collect:
         if name in outs:
           collected[name].append(outs[name])
-    state = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    state = tuple(states)
     outs = {name: jnp.stack(v) for name, v in collected.items() if v}
     y = x
     return y, state, PairOutputs(**outs)
+
+
+def _unstack(stacked: Any, n_layers: int) -> tuple:
+  """A pytree stacked on a leading layer axis -> a tuple of `n_layers` per-layer pytrees."""
+  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n_layers))
 
 
 def up_skips(stage_input: jax.Array, outputs: PairOutputs) -> tuple[jax.Array, Any]:
