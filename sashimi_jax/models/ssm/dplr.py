@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sashimi_jax.models.ssm import cauchy
+from sashimi_jax.models.ssm import channel_map
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import s4d
 
@@ -86,20 +87,23 @@ def dense_discretization(log_dt, log_A_real, A_imag, B, P):
   """Bilinear (A_bar (H, N, N), B_bar (H, N)) float32 in real coordinates.
 
   A_bar = M^{-1} (2/dt + A_r) = (4/dt) M^{-1} - I and B_bar = 2 M^{-1} B_r, with M^{-1}
-  exact from Sherman-Morrison (no dense solve).
+  exact from Sherman-Morrison (no dense solve; B_bar from its factors, no matmul).
   """
   dt, d, u2, v, B_r = _sherman_morrison(log_dt, log_A_real, A_imag, B, P)
   m_inv = _blocks(d) - u2[:, :, None] * v[:, None, :]
   num_state = m_inv.shape[-1]
   A_bar = (4.0 / dt)[..., None] * m_inv - jnp.eye(num_state, dtype=jnp.float32)
-  B_bar = 2.0 * jnp.einsum("hmn,hn->hm", m_inv, B_r, precision=_HIGHEST)
+  b_re, b_im = _halves(B_r)
+  d_re, d_im = jnp.real(d), jnp.imag(d)
+  d_times_b = jnp.concatenate([d_re * b_re - d_im * b_im, d_re * b_im + d_im * b_re], axis=-1)
+  B_bar = 2.0 * (d_times_b - u2 * jnp.sum(v * B_r, axis=-1, keepdims=True))
   return A_bar, B_bar
 
 
-def matrix_power(A: jax.Array, exponent: int) -> jax.Array:
-  """A^exponent for (H, N, N) A by repeated squaring; exponent is a static int >= 0."""
-  result = jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
-  base = A
+def _matrix_power_one(a: jax.Array, exponent: int) -> jax.Array:
+  """a^exponent for one (N, N) matrix by repeated squaring."""
+  result = jnp.eye(a.shape[-1], dtype=a.dtype)
+  base = a
   e = int(exponent)
   while e:
     if e & 1:
@@ -108,6 +112,11 @@ def matrix_power(A: jax.Array, exponent: int) -> jax.Array:
     if e:
       base = jnp.matmul(base, base, precision=_HIGHEST)
   return result
+
+
+def matrix_power(A: jax.Array, exponent: int) -> jax.Array:
+  """A^exponent for (H, N, N) A by repeated squaring, per channel; exponent is a static int >= 0."""
+  return channel_map.map_channels(lambda a: _matrix_power_one(a, exponent), A)
 
 
 def c_to_real(C: jax.Array) -> jax.Array:
@@ -263,14 +272,19 @@ def dplr_step(rec: dict, state, u: jax.Array):
   return _output(rec, new_re, new_im), (new_re, new_im)
 
 
-def krylov(A_bar, B_bar, size):
-  """[A^j B for j < size] as (H, N, size), by doubling."""
-  cols = B_bar[..., None]
-  power = A_bar
+def _krylov_one(a, b, size):
+  """[a^j b for j < size] as (N, size) for one (N, N) a and (N,) b, by doubling."""
+  cols = b[:, None]
+  power = a
   while cols.shape[-1] < size:
     cols = jnp.concatenate([cols, jnp.matmul(power, cols, precision=_HIGHEST)], axis=-1)
     power = jnp.matmul(power, power, precision=_HIGHEST)
-  return cols[..., :size]
+  return cols[:, :size]
+
+
+def krylov(A_bar, B_bar, size):
+  """[A^j B for j < size] as (H, N, size) for (H, N, N) A_bar and (H, N) B_bar, per channel."""
+  return channel_map.map_channels(lambda a, b: _krylov_one(a, b, size), A_bar, B_bar)
 
 
 def dplr_prefill_state(rec: dict, u: jax.Array):

@@ -1,0 +1,80 @@
+"""Seconds to compile one S4 layer's forward + backward for a compile-only TPU v5e chip.
+
+Why: full TPU AOT compiles of the train step (benchmarks/tpu_aot.py) take many minutes; one layer
+compiles in seconds to minutes and shows which part of a layer the TPU backend spends its time
+on. Each row lowers and compiles grad of sum(S4Block(x) ** 2) with respect to the parameters and
+x (batch 1, H channels, L tokens) for one v5e chip; nothing is run (no TPU here).
+
+Run (needs libtpu, the `.[tpu]` extra):
+  PYTHONPATH=. python benchmarks/tpu_layer_compile.py --layers=s4,s4d --conv_impls=fft,chunked \
+      --width=64 --lengths=1024
+Prints a table and one JSON line.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_LAYERS = flags.DEFINE_list("layers", ["s4", "s4d"], "s4 (DPLR) and/or s4d.")
+_CONV_IMPLS = flags.DEFINE_list("conv_impls", ["fft", "chunked"], "model.conv_impl values.")
+_WIDTH = flags.DEFINE_integer("width", 64, "Channels H.")
+_LENGTHS = flags.DEFINE_list("lengths", ["1024"], "Tokens L (also the layer's l_max).")
+
+
+def compile_row(layer: str, conv_impl: str, width: int, length: int) -> dict:
+  """Lowers and compiles one layer's gradient for one v5e chip; returns the timings."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax.sharding import SingleDeviceSharding  # pylint: disable=g-import-not-at-top
+  from sashimi_jax.models import s4  # pylint: disable=g-import-not-at-top
+
+  device = topologies.get_topology_desc(
+      platform="tpu", topology_name="v5e:2x2", chip_config_name="default",
+      chips_per_host_bounds=(2, 2, 1), num_slices=1).devices[0]
+  sharding = SingleDeviceSharding(device)
+  block = s4.S4Block(width, l_max=length, layer=layer, conv_impl=conv_impl, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(block)
+
+  def loss(params, x):
+    return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
+
+  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+  x = jax.ShapeDtypeStruct((1, length, width), jnp.float32, sharding=sharding)
+  start = time.perf_counter()
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+      jax.tree_util.tree_map(spec, params), x)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  compiled_at = time.perf_counter()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {"layer": layer, "conv_impl": conv_impl, "H": width, "L": length,
+          "lower_s": round(lowered_at - start, 1), "compile_s": round(compiled_at - lowered_at, 1),
+          "xla_gflop_loops_once": round(float(cost.get("flops", float("nan"))) / 1e9, 3),
+          "load_average": round(os.getloadavg()[0], 1)}
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  rows = []
+  print("layer | conv_impl | H | L | lower s | compile s | XLA GFLOP (loops once) | load")
+  for length in map(int, _LENGTHS.value):
+    for layer in _LAYERS.value:
+      for conv_impl in _CONV_IMPLS.value:
+        row = compile_row(layer, conv_impl, _WIDTH.value, length)
+        rows.append(row)
+        print(" | ".join(str(v) for v in row.values()), flush=True)
+  print(json.dumps({"benchmark": "tpu_layer_compile", "rows": rows}))
+
+
+if __name__ == "__main__":
+  app.run(main)
