@@ -17,7 +17,9 @@ stage's layers under one `lax.scan` (and `conv_impl=chunked` scans over chunks),
 counts one layer per stage. `TFLOP/chip` here is counted from the compiled HLO by
 `benchmarks/hlo_flops.py` with every loop multiplied by its trip count (checked against XLA's own
 count of fully unrolled programs); XLA's loop-once figure is printed alongside as `XLA TFLOP`.
-`GB acc.` is XLA's bytes accessed per chip (loop bodies once, like its FLOPs).
+`GB acc.` is XLA's bytes accessed per chip (loop bodies once, like its FLOPs). `compile s` is wall
+time (lowering + compiling); `CPU s` the process's CPU time over the same span, which a busy host
+inflates less.
 Data parallelism must keep per-chip memory flat as chips are added; the script exits non-zero if
 peak memory grows more than 10% from the smallest to the largest pod of the same TPU generation.
 """
@@ -96,9 +98,10 @@ def compile_case(config, topology_name: str, remat: str = "config",
   batch_spec = jax.ShapeDtypeStruct((config.train.batch_size, tokens), jax.numpy.int32,
                                     sharding=sharding.batch_sharding(mesh))
   step = train.jit_train_step(config, graphdef, tx, mesh, shardings)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   compiled = step.lower(abstract_state, {"x": batch_spec, "y": batch_spec}).compile()
   compile_seconds = time.perf_counter() - start
+  compile_cpu_seconds = time.process_time() - start_cpu
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -112,7 +115,7 @@ def compile_case(config, topology_name: str, remat: str = "config",
           "tflops_per_chip": counted.flops / 1e12,
           "xla_tflops_per_chip_loop_bodies_once": float(cost.get("flops", float("nan"))) / 1e12,
           "xla_gbytes_accessed_per_chip": float(cost.get("bytes accessed", float("nan"))) / 1e9,
-          "compile_seconds": compile_seconds}
+          "compile_seconds": compile_seconds, "compile_cpu_seconds": compile_cpu_seconds}
 
 
 def main(argv):
@@ -123,7 +126,7 @@ def main(argv):
   failures = []
   print(f"{'case':<18} {'remat':<5} {'dtype':<8} {'topology':<10} {'chips':>5} {'tokens/chip':>11} {'peak MiB':>9} "
         f"{'args MiB':>9} {'temp MiB':>9} {'TFLOP/chip':>10} {'XLA TFLOP':>9} {'GB acc.':>8} "
-        f"{'compile s':>9} {'load':>5}")
+        f"{'compile s':>9} {'CPU s':>7} {'load':>5}")
   rows = []
   variants = [(r, d) for r in _REMAT.value for d in _COMPUTE_DTYPE.value]
   for case, (remat, dtype) in [(c, v) for c in _CASES.value for v in variants]:
@@ -134,6 +137,7 @@ def main(argv):
             f"{r['peak_mib']:>9.1f} {r['argument_mib']:>9.1f} {r['temp_mib']:>9.1f} "
             f"{r['tflops_per_chip']:>10.3f} {r['xla_tflops_per_chip_loop_bodies_once']:>9.3f} "
             f"{r['xla_gbytes_accessed_per_chip']:>8.2f} {r['compile_seconds']:>9.0f} "
+            f"{r['compile_cpu_seconds']:>7.0f} "
             f"{os.getloadavg()[0]:>5.1f}", flush=True)
       rows.append(dict(r, case=case, topology=topology_name, load_average=os.getloadavg()[0]))
       by_generation.setdefault(topology_name.split(":")[0], []).append(r)
