@@ -282,3 +282,16 @@ def test_dplr_solve_matches_float64_and_pivots():
   x = jax.jit(dplr.solve)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
   np.testing.assert_allclose(np.asarray(x), np.linalg.solve(a, b[..., None])[..., 0],
                              rtol=1e-5, atol=1e-6)
+
+
+def test_dplr_matrix_power_and_krylov_per_channel_match_float64():
+  # 13 channels: one full group of channel_map.CHANNELS_PER_TRIP and a remainder.
+  rng = np.random.default_rng(0)
+  a = 0.3 * rng.normal(size=(13, 6, 6))
+  b = rng.normal(size=(13, 6))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  power = jax.jit(dplr.matrix_power, static_argnums=1)(f32(a), 11)
+  np.testing.assert_allclose(np.asarray(power), np.linalg.matrix_power(a, 11), atol=1e-6)
+  cols = jax.jit(dplr.krylov, static_argnums=2)(f32(a), f32(b), 5)
+  expected = np.stack([np.linalg.matrix_power(a, j) @ b[..., None] for j in range(5)], -1)[:, :, 0]
+  np.testing.assert_allclose(np.asarray(cols), expected, rtol=1e-5, atol=1e-6)
