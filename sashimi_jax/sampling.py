@@ -192,7 +192,16 @@ def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int, forced=N
   return _constrain_rows(settings, carry), _constrain_rows(settings, tokens.T)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "new_tokens"))
+# XLA options of the compiled token loops. Region analysis in copy insertion lets XLA:CPU update
+# each S4D state (a real and an imaginary array, each read by both updates) with one copy of one
+# of the two per layer and step instead of copying both first (at batch 16 in the 1.46M model:
+# 0.46 instead of 0.92 MB copied per token). Only buffer assignment changes, never a result;
+# other backends ignore the option.
+SCAN_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "new_tokens"),
+                   compiler_options=SCAN_COMPILER_OPTIONS)
 def _generate_all(params, key, first_sample_index, prompt, forced, *, graphdef, settings,
                   new_tokens):
   """The whole generation as one compiled function."""
@@ -209,7 +218,7 @@ def _start(params, key, first_sample_index, prompt, *, graphdef, settings):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_steps"),
-                   donate_argnames=("carry",))
+                   donate_argnames=("carry",), compiler_options=SCAN_COMPILER_OPTIONS)
 def _advance(params, rec, carry, forced, *, graphdef, settings, num_steps):
   model = nnx.merge(graphdef, params)
   return _scan_steps(model, settings, rec, carry, num_steps, forced)
@@ -368,7 +377,8 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
           "mean_entropy": entropy_sum / jnp.maximum(sampled, 1.0)}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "zero_token"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "zero_token"),
+                   compiler_options=SCAN_COMPILER_OPTIONS)
 def _teacher_forced(params, targets, *, graphdef, zero_token):
   model = nnx.merge(graphdef, params)
   rec = model.setup_recurrence()
