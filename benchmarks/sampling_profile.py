@@ -8,6 +8,12 @@ Rows, all per scan step (one token per row), minimum of --repeats runs after a w
 process-CPU milliseconds:
   * model.step: `model.step` alone in a `lax.scan` (the deeper U-Net levels in `fori_loop`s of 0
     or 1 iterations, models/level.py);
+  * levels 0 / 0-1 / all: the same scan with the step counter held at t mod 1 (only level 0 ever
+    runs) or t mod prod(pool[:1]) (levels 0 and 1), so the differences are per-level costs per
+    token (each level's work at its own rate, averaged over tokens);
+  * sampler step copies: state-sized `copy` instructions in the compiled sampler
+    (`sampling._generate_all`) and the bytes they move per token (each weighted by its level's
+    rate), read from `compile().as_text()`;
   * sampler: the inverse-CDF draw of one token per row from fixed logits (the head's share);
   * static schedule: `model.step` unrolled 16 times per scan iteration with the level phase a
     Python int, so the level schedule is resolved at trace time (no loops or conditionals); its
@@ -22,10 +28,12 @@ Prints a table and one JSON line. The machine may be shared: compare rows of one
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import pathlib
+import re
 import runpy
 import sys
 import time
@@ -60,6 +68,32 @@ def _best_ms(fn, steps: int, repeats: int) -> tuple[float, float]:
   return wall / steps * 1e3, cpu / steps * 1e3
 
 
+def _state_copy_bytes_per_token(model, graphdef, params, settings) -> tuple[float, int]:
+  """(bytes, count) of the S4 state-sized `copy` instructions in the compiled sampler.
+
+  A copy of a (B, H, N/2) array belongs to the level of width H, which steps once every
+  rate_frames[level] tokens; copies outside the token loop (initial states) are left out.
+  """
+  text = sampling._generate_all.lower(  # pylint: disable=protected-access
+      params, jax.random.key(0), jnp.int32(0), None, None, graphdef=graphdef,
+      settings=settings, new_tokens=64).compile().as_text()
+  widths = {}  # level width H -> level index
+  for k, level in enumerate(model.levels()):
+    stage = level.up if hasattr(level, "up") else level.stage
+    width, half_state = stage.layer_stack.s4.layer.kernel.C.shape[-3:-1]
+    widths[int(width)] = k
+  pattern = re.compile(rf"= f32\[{settings.batch_size},(\d+),{half_state}\]\S* copy\("
+                       r"%(?!wrapped_broadcast)")
+  total, count = 0.0, 0
+  for line in text.splitlines():
+    match = pattern.search(line)
+    if match and int(match.group(1)) in widths:
+      width = int(match.group(1))
+      count += 1
+      total += 2 * 4 * settings.batch_size * width * half_state / model.rate_frames[widths[width]]
+  return total, count
+
+
 def main(argv):
   del argv
   config = runpy.run_path(str(_ROOT / "configs" / "mono.py"))["get_config"]("tiny")
@@ -84,13 +118,16 @@ def main(argv):
     settings = sampling._Settings(  # pylint: disable=protected-access
         spec=sampling.head_spec(model), batch_size=batch, temperature=1.0, top_p=1.0, unroll=1)
 
-    @jax.jit
-    def dynamic(params, batch=batch):
+    @functools.partial(jax.jit, static_argnames="period",
+                       compiler_options=sampling.SCAN_COMPILER_OPTIONS)
+    def dynamic(params, batch=batch, period=None):
       m = nnx.merge(graphdef, params)
       rec = m.setup_recurrence()
 
       def body(carry, _):
         state, token = carry
+        if period is not None:  # levels deeper than the period allows never reach their turn
+          state = {**state, "t": state["t"] % period}
         out, state = m.step(rec, state, token)
         return (state, (token + 1) % 256), out[:, 0]
 
@@ -124,6 +161,21 @@ def main(argv):
       return jax.lax.scan(body, jnp.zeros((batch,)), uniforms)[1]
 
     report("model.step (dynamic)", batch, _best_ms(lambda: dynamic(params), steps, repeats))
+    level_ms = {}
+    for label, period in (("level 0 only", 1), ("levels 0-1", config.model.pool[0]),
+                          ("all levels", None)):
+      level_ms[label] = _best_ms(lambda period=period: dynamic(params, period=period), steps,
+                                 repeats)
+      report(label, batch, level_ms[label])
+    names = list(level_ms)
+    for k in (1, 2):
+      report(f"  level {k} share", batch, tuple(a - b for a, b in zip(level_ms[names[k]],
+                                                                       level_ms[names[k - 1]])))
+    copied, copies = _state_copy_bytes_per_token(model, graphdef, params, settings)
+    rows.append({"what": "sampler step copies", "batch_size": batch, "copies": copies,
+                 "copied_bytes_per_token": copied})
+    print(f"{'sampler step copies':>28} {batch:>3} {copies} state-sized copies, "
+          f"{copied / 1e6:.3f} MB per token", flush=True)
     static_ms = _best_ms(lambda: static(params), steps, repeats)
     difference = float(np.abs(np.asarray(dynamic(params)) -
                               np.asarray(static(params)).reshape(steps, batch)).max())
