@@ -1,6 +1,7 @@
 """Tests for the compiled sampler (sashimi_jax.sampling) on tiny random models."""
 
 import pathlib
+import re
 import runpy
 
 import chex
@@ -137,3 +138,24 @@ def test_head_spec_inference_and_bad_arguments(mono_model):
                       prompt=np.full((1, 4), 300, np.int32))
   with pytest.raises(ValueError, match="temperature"):
     sampling.generate(mono_model, key, batch_size=1, new_tokens=4, temperature=0.0)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="inspects XLA:CPU's compiled program")
+def test_compiled_sampler_copies_one_array_per_s4d_layer_step(mono_model):
+  """The token loop updates each layer's (Re, Im) state with at most one copy (of one array).
+
+  An S4D update reads both arrays, so one cannot be written in place; default copy insertion
+  copied both, and a state stacked on the layer axis was copied whole. Initial states (copies of
+  a broadcast zero) are not counted.
+  """
+  graphdef, params = nnx.split(mono_model)
+  settings = sampling._Settings(  # pylint: disable=protected-access
+      spec=sampling.head_spec(mono_model), batch_size=2, temperature=1.0, top_p=1.0, unroll=1)
+  text = sampling._generate_all.lower(  # pylint: disable=protected-access
+      params, jax.random.key(0), jax.numpy.int32(0), None, None, graphdef=graphdef,
+      settings=settings, new_tokens=8).compile().as_text()
+  # (Re or Im) states of the two levels, (B, H, N/2) = (2, 8 or 16, 2), stacked or not.
+  state_copy = re.compile(r"= f32\[(\d+,)?2,(8|16),2\]\S* copy\(%(?!wrapped_broadcast)")
+  copies = [line.strip()[:80] for line in text.splitlines() if state_copy.search(line)]
+  s4_layers = 2  # one per level (n_layers=1, pool=[2])
+  assert 1 <= len(copies) <= s4_layers, copies
