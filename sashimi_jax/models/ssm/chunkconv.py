@@ -8,53 +8,81 @@ N-dimensional state of y_k = c^T x_k, x_k = A x_{k-1} + b u_k (Mamba-2's SSD ide
   x_in[m + 1] = A^C x_in[m] + sum_j A^(C-1-j) b u[m, j]  a short scan over chunks
 
 Per token and channel that is about 2 C + 4 N + (N^2 or N) / C flops (dense or diagonal A^C),
-against three length-2L transforms for the FFT path; memory is O(B L H (1 + N / C)).
+against three length-2L transforms for the FFT path.
 
-The operators (taps, w_in, r_out, A^C) do not depend on the batch, but building them for DPLR
-takes ~35 dense (H, N, N) intermediates (matrix powers to l_max and C, Krylov doublings, the
-solve for c). Kept for the backward pass of every scanned layer, those dominated the train step's
-memory (SC09 on TPU: 7.6 GiB/chip against 2.4 GiB with `fft`), so the builders are
-rematerialised: only the parameters and the operators themselves are saved, and the
-intermediates are recomputed once in the backward pass.
+Memory: the backward pass keeps only the input u (B, L, H), the parameters and the states
+entering each chunk (M, B, H, N: N / C floats per token and channel). The operators (taps, w_in,
+r_out, A^C, the Toeplitz blocks: for DPLR four (H, N, N)-sized arrays per layer, which TPU pads
+to 2x at N = C = 64) and the ~35 dense intermediates that build them are recomputed from the
+parameters in the backward pass (kept, they cost the SC09 train step 1.27x the memory of `fft`).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import s4d
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# The only intermediate of the convolution its backward pass keeps (jax.checkpoint policy name).
+CHUNK_STATES = "chunk_states"
 
 
-def _rematerialised(build):
-  """`build(*arrays, **static)` whose intermediates are recomputed in the backward pass."""
-
-  @functools.wraps(build)
-  def wrapped(*arrays, **static):
-    return jax.checkpoint(functools.partial(build, **static),
-                          policy=jax.checkpoint_policies.nothing_saveable)(*arrays)
-
-  return wrapped
+def _dense_transition(a_chunk, x):
+  """A^C x for dense (H, N, N) A^C and x (..., H, N)."""
+  return jnp.einsum("hnm,...hm->...hn", a_chunk, x, precision=_HIGHEST)
 
 
-def chunked_causal_conv(u: jax.Array, ops: dict) -> jax.Array:
-  """y[b, l, h] = sum_{j <= l} K[h, j] u[b, l - j, h] for the system described by `ops`.
+def _diagonal_transition(a_chunk, x):
+  """A^C x for a complex-diagonal A^C = (Re, Im) (H, N / 2) acting on x = [Re s, Im s]."""
+  a_re, a_im = a_chunk
+  n2 = a_re.shape[-1]
+  x_re, x_im = x[..., :n2], x[..., n2:]
+  return jnp.concatenate([a_re * x_re - a_im * x_im, a_re * x_im + a_im * x_re], axis=-1)
 
-  Args:
-    u: (B, L, H) float, any L (the last chunk is zero-padded).
-    ops: from s4d_chunk_ops / dplr_chunk_ops (chunk size C = taps.shape[-1]):
-      "taps" (H, C) K_0..K_{C-1}; "w_in" (H, N, C) = A^(C-1-j) b; "r_out" (H, C, N) = r_i;
-      "a_chunk": dense (H, N, N) A^C, or a (Re, Im) pair of (H, N / 2) for a complex-diagonal
-      A^C acting on x = [Re s, Im s].
 
-  Returns:
-    (B, L, H) float32.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pass_states(transition, a_chunk, z):
+  """x[m] = transition(a_chunk, x[m - 1]) + z[m] with x[-1] = 0; z, x (M, B, H, N).
+
+  A custom VJP so that the backward pass needs x once (scan's own would keep the carries too).
   """
+  def body(x, z_m):
+    x = transition(a_chunk, x) + z_m
+    return x, x
+
+  return jax.lax.scan(body, jnp.zeros_like(z[0]), z)[1]
+
+
+def _pass_states_fwd(transition, a_chunk, z):
+  x = checkpoint_name(_pass_states(transition, a_chunk, z), CHUNK_STATES)
+  return x, (a_chunk, x)
+
+
+def _pass_states_bwd(transition, residuals, g):
+  a_chunk, x = residuals
+  transpose = jax.linear_transpose(lambda v: transition(a_chunk, v), x[0])
+
+  def body(lam_next, g_m):  # lam[m] = g[m] + (A^C)^T lam[m + 1]
+    lam = g_m + transpose(lam_next)[0]
+    return lam, lam
+
+  _, lam = jax.lax.scan(body, jnp.zeros_like(g[0]), g, reverse=True)
+  x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
+  _, a_vjp = jax.vjp(lambda a: transition(a, x_prev), a_chunk)
+  return a_vjp(lam)[0], lam
+
+
+_pass_states.defvjp(_pass_states_fwd, _pass_states_bwd)
+
+
+def _convolve(u, ops):
   batch, length, channels = u.shape
+  ops = ops()
   taps = ops["taps"]
   chunk = taps.shape[-1]
   num_chunks = -(-length // chunk)
@@ -66,30 +94,44 @@ def chunked_causal_conv(u: jax.Array, ops: dict) -> jax.Array:
   if num_chunks > 1:
     z = jnp.einsum("hnj,bmjh->mbhn", ops["w_in"], u[:, :-1], precision=_HIGHEST)
     a_chunk = ops["a_chunk"]
-    if isinstance(a_chunk, (tuple, list)):
-      a_re, a_im = a_chunk
-      n2 = a_re.shape[-1]
-
-      def transition(x):
-        x_re, x_im = x[..., :n2], x[..., n2:]
-        return jnp.concatenate([a_re * x_re - a_im * x_im, a_re * x_im + a_im * x_re], axis=-1)
-    else:
-      def transition(x):
-        return jnp.einsum("hnm,bhm->bhn", a_chunk, x, precision=_HIGHEST)
-
-    def body(x_in, z_m):
-      x_next = transition(x_in) + z_m
-      return x_next, x_next
-
-    _, x_in = jax.lax.scan(body, jnp.zeros_like(z[0]), z)  # (M - 1, B, H, N): chunks 1..M-1
+    transition = (_diagonal_transition if isinstance(a_chunk, (tuple, list))
+                  else _dense_transition)
+    x_in = _pass_states(transition, a_chunk, z)  # (M - 1, B, H, N): entering chunks 1..M-1
     y_state = jnp.einsum("hin,mbhn->bmih", ops["r_out"], x_in, precision=_HIGHEST)
     y = y.at[:, 1:].add(y_state)
   return y.reshape(batch, num_chunks * chunk, channels)[:, :length]
 
 
-@_rematerialised
-def s4d_chunk_ops(log_dt, log_A_real, A_imag, B, C, *, chunk: int, disc: str) -> dict:
-  """chunked_causal_conv operators of an S4D layer (state x = [Re s, Im s], N = 2 N2)."""
+_convolve_rematerialised = jax.checkpoint(
+    _convolve, policy=jax.checkpoint_policies.save_only_these_names(CHUNK_STATES))
+
+
+def chunked_causal_conv(u: jax.Array, ops: jax.tree_util.Partial) -> jax.Array:
+  """y[b, l, h] = sum_{j <= l} K[h, j] u[b, l - j, h] for the system described by `ops`.
+
+  Args:
+    u: (B, L, H) float, any L (the last chunk is zero-padded).
+    ops: from s4d_chunk_ops / dplr_chunk_ops: the layer's parameters bound to a builder that
+      returns the operators (called here, so that the backward pass can recompute them):
+      "taps" (H, C) K_0..K_{C-1}; "w_in" (H, N, C) = A^(C-1-j) b; "r_out" (H, C, N) = r_i;
+      "a_chunk": dense (H, N, N) A^C, or a (Re, Im) pair of (H, N / 2) for a complex-diagonal
+      A^C acting on x = [Re s, Im s]. The chunk size C is taps.shape[-1].
+
+  Returns:
+    (B, L, H) float32.
+  """
+  return _convolve_rematerialised(u, ops)
+
+
+def s4d_chunk_ops(log_dt, log_A_real, A_imag, B, C, *, chunk: int,
+                  disc: str) -> jax.tree_util.Partial:
+  """chunked_causal_conv operators of an S4D layer, bound to its parameters (called: a dict)."""
+  return jax.tree_util.Partial(functools.partial(_s4d_ops, chunk=chunk, disc=disc),
+                               log_dt, log_A_real, A_imag, B, C)
+
+
+def _s4d_ops(log_dt, log_A_real, A_imag, B, C, *, chunk: int, disc: str) -> dict:
+  """Operators of an S4D layer (state x = [Re s, Im s], N = 2 N2)."""
   dt, A, B, C = s4d.continuous_params(log_dt, log_A_real, A_imag, B, C)
   log_a, _, b_bar = discretize.discretize_diag(dt, A, B, disc)
   powers = jnp.exp(log_a[..., None] * jnp.arange(chunk + 1, dtype=jnp.float32))  # (H, N2, C+1)
@@ -105,9 +147,15 @@ def s4d_chunk_ops(log_dt, log_A_real, A_imag, B, C, *, chunk: int, disc: str) ->
           "a_chunk": (jnp.real(a_chunk), jnp.imag(a_chunk))}
 
 
-@_rematerialised
-def dplr_chunk_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int, l_max: int) -> dict:
-  """chunked_causal_conv operators of a DPLR layer (real state, C from C~ of length l_max)."""
+def dplr_chunk_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int,
+                   l_max: int) -> jax.tree_util.Partial:
+  """chunked_causal_conv operators of a DPLR layer, bound to its parameters (called: a dict)."""
+  return jax.tree_util.Partial(functools.partial(_dplr_ops, chunk=chunk, l_max=l_max),
+                               log_dt, log_A_real, A_imag, B, P, C)
+
+
+def _dplr_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int, l_max: int) -> dict:
+  """Operators of a DPLR layer (real state, C from C~ of length l_max)."""
   a_bar, b_bar, c = dplr.real_system(log_dt, log_A_real, A_imag, B, P, C, length=l_max)
   w_in = jnp.flip(dplr.krylov(a_bar, b_bar, chunk), axis=-1)  # A^(C-1-j) b
   a_t = jnp.swapaxes(a_bar, -1, -2)
