@@ -69,6 +69,35 @@ def test_equals_fft_with_gradients(impl, layer, disc, length, l_max):
     assert _rel(g, g_want) <= tol, (jax.tree_util.keystr(path), _rel(g, g_want))
 
 
+def test_dplr_operators_built_in_channel_groups_equal_fft(monkeypatch):
+  # 4 loop trips of 2 channels (n_ssm = 2 copies tiled over 8 channels), values and gradients.
+  monkeypatch.setattr(chunkconv, "DPLR_BUILD_CHANNELS", 2)
+  graphdef, state = nnx.split(_kernel("s4", 40))
+  u = jnp.asarray(np.random.default_rng(3).normal(size=(1, 40, 8)), jnp.float32)
+  y_want, (g_state_want, g_u_want) = _value_and_grads(graphdef, state, u, "fft")
+  y, (g_state, g_u) = _value_and_grads.__wrapped__(graphdef, state, u, "chunked")
+  assert _rel(y, y_want) <= TOLERANCE["s4"] and _rel(g_u, g_u_want) <= TOLERANCE["s4"]
+  for g, g_want in zip(jax.tree.leaves(g_state), jax.tree.leaves(g_state_want)):
+    assert _rel(g, g_want) <= TOLERANCE["s4"]
+
+
+@pytest.mark.parametrize("layer", ["s4d", "s4"])
+def test_chunked_backward_keeps_only_inputs_and_chunk_states(layer, capsys):
+  # The operators (for DPLR (H, N, N)-sized per layer) are recomputed, not kept for the backward.
+  graphdef, state = nnx.split(_kernel(layer, 100))
+  u = jnp.ones((2, 100, 8), jnp.float32)
+
+  def loss(state, u):
+    y = chunkconv.chunked_causal_conv(u, nnx.merge(graphdef, state).chunk_ops(CHUNK))
+    return jnp.sum(y)
+
+  jax.ad_checkpoint.print_saved_residuals(loss, state, u)
+  kept = [line for line in capsys.readouterr().out.splitlines()
+          if line and "from the argument" not in line]
+  assert len(kept) == 1 and f"named '{chunkconv.CHUNK_STATES}'" in kept[0], kept
+  assert kept[0].startswith("f32[6,2,8,16]")  # (M - 1, B, H, N): 7 chunks of 16 for L = 100
+
+
 def test_spectrum_is_rfft_of_kernel_at_2l():
   # Not only equal convolutions: the bins are the kernel's own rfft, incl. the odd ones.
   graphdef, state = nnx.split(_kernel("s4", 64))

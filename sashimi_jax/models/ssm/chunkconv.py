@@ -18,6 +18,7 @@ parameters in the backward pass (kept, they cost the SC09 train step 1.27x the m
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,8 @@ from sashimi_jax.models.ssm import s4d
 _HIGHEST = jax.lax.Precision.HIGHEST
 # The only intermediate of the convolution its backward pass keeps (jax.checkpoint policy name).
 CHUNK_STATES = "chunk_states"
+# Channels per loop trip when building DPLR operators (see _dplr_ops).
+DPLR_BUILD_CHANNELS = 16
 
 
 def _dense_transition(a_chunk, x):
@@ -155,14 +158,44 @@ def dplr_chunk_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int,
 
 
 def _dplr_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int, l_max: int) -> dict:
-  """Operators of a DPLR layer (real state, C from C~ of length l_max)."""
-  a_bar, b_bar, c = dplr.real_system(log_dt, log_A_real, A_imag, B, P, C, length=l_max)
-  w_in = jnp.flip(dplr.krylov(a_bar, b_bar, chunk), axis=-1)  # A^(C-1-j) b
-  a_t = jnp.swapaxes(a_bar, -1, -2)
-  first_row = jnp.einsum("hnm,hm->hn", a_t, c, precision=_HIGHEST)
-  rows = dplr.krylov(a_t, first_row, chunk)  # (H, N, C): (A^T)^(i+1) c
-  taps = jnp.concatenate([jnp.sum(c * b_bar, axis=-1, keepdims=True),
-                          jnp.einsum("hni,hn->hi", rows[..., :chunk - 1], b_bar,
-                                     precision=_HIGHEST)], axis=-1)
-  return {"taps": taps, "w_in": w_in, "r_out": jnp.swapaxes(rows, 1, 2),
-          "a_chunk": dplr.matrix_power(a_bar, chunk)}
+  """Operators of a DPLR layer (real state, C from C~ of length l_max).
+
+  Built in a loop over groups of DPLR_BUILD_CHANNELS channels, each rematerialised: the backward
+  pass of the ~20 dense (N, N) intermediates per channel then needs one group's at a time, not
+  all H channels' at once (an SC09 center stage on a v5e chip: ~180 MiB at H = 256).
+  """
+  channels = log_dt.shape[0]
+  group = math.gcd(channels, DPLR_BUILD_CHANNELS)
+  per_channel = (log_dt, s4d.tile_ssm(log_A_real, channels), s4d.tile_ssm(A_imag, channels),
+                 s4d.tile_ssm(B, channels), s4d.tile_ssm(P[0], channels), C)
+  grouped = jax.tree.map(lambda a: a.reshape((channels // group, group) + a.shape[1:]),
+                         per_channel)
+
+  @jax.checkpoint
+  def build(arrays):
+    log_dt, log_A_real, A_imag, B, P, C = arrays
+    a_bar, b_bar, c = dplr.real_system(log_dt, log_A_real, A_imag, B, P[None], C, length=l_max)
+    c_a = jnp.einsum("hn,hnm->hm", c, a_bar, precision=_HIGHEST)
+    cols, rows, a_chunk = _krylov_pair(a_bar, b_bar, c_a, chunk)
+    taps = jnp.concatenate([jnp.sum(c * b_bar, axis=-1, keepdims=True),
+                            jnp.einsum("hin,hn->hi", rows[:, :chunk - 1], b_bar,
+                                       precision=_HIGHEST)], axis=-1)
+    return {"taps": taps, "w_in": jnp.flip(cols, axis=-1), "r_out": rows, "a_chunk": a_chunk}
+
+  ops = jax.lax.map(build, grouped)
+  return jax.tree.map(lambda a: a.reshape((channels,) + a.shape[2:]), ops)
+
+
+def _krylov_pair(a, b, r, size: int):
+  """A^j b as (H, N, size), r^T A^i as (H, size, N) (i, j < size) and A^size, for (H, N, N) a.
+
+  One chain of squarings A, A^2, A^4, ... serves the columns, the rows and A^size.
+  """
+  cols, rows, power = b[..., None], r[..., None, :], a
+  while cols.shape[-1] < size:
+    cols = jnp.concatenate([cols, jnp.matmul(power, cols, precision=_HIGHEST)], axis=-1)
+    rows = jnp.concatenate([rows, jnp.matmul(rows, power, precision=_HIGHEST)], axis=-2)
+    power = jnp.matmul(power, power, precision=_HIGHEST)
+  if cols.shape[-1] != size:  # size not a power of two
+    power = dplr.matrix_power(a, size)
+  return cols[..., :size], rows[..., :size, :], power
