@@ -23,6 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sashimi_jax.models.ssm import channel_map
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import s4d
@@ -39,6 +40,19 @@ def _rematerialised(build):
                           policy=jax.checkpoint_policies.nothing_saveable)(*arrays)
 
   return wrapped
+
+
+def _per_channel_einsum(subscripts: str, operators, x, x_channel_axis: int, out_channel_axis: int):
+  """einsum(subscripts, operators[h], x's channel h) for each channel h, over channel groups.
+
+  A batched HIGHEST matmul over H channels compiles per channel on TPU (channel_map.py); mapped
+  over groups of channels it compiles once. operators: (H, ...); subscripts name one channel's
+  operands (no channel letter); the output's channel axis is put at out_channel_axis.
+  """
+  out = channel_map.map_channels(
+      lambda op, v: jnp.einsum(subscripts, op, v, precision=_HIGHEST), operators,
+      jnp.moveaxis(x, x_channel_axis, 0))
+  return jnp.moveaxis(out, 0, out_channel_axis)
 
 
 def chunked_causal_conv(u: jax.Array, ops: dict) -> jax.Array:
@@ -62,9 +76,9 @@ def chunked_causal_conv(u: jax.Array, ops: dict) -> jax.Array:
   u = u.reshape(batch, num_chunks, chunk, channels)
   lag = jnp.arange(chunk)[:, None] - jnp.arange(chunk)[None, :]  # i - j
   toeplitz = jnp.where(lag >= 0, taps[:, jnp.clip(lag, 0, None)], 0.0)  # (H, C, C)
-  y = jnp.einsum("hij,bmjh->bmih", toeplitz, u, precision=_HIGHEST)
+  y = _per_channel_einsum("ij,bmj->bmi", toeplitz, u, 3, 3)  # (B, M, C, H)
   if num_chunks > 1:
-    z = jnp.einsum("hnj,bmjh->mbhn", ops["w_in"], u[:, :-1], precision=_HIGHEST)
+    z = _per_channel_einsum("nj,bmj->mbn", ops["w_in"], u[:, :-1], 3, 2)  # (M - 1, B, H, N)
     a_chunk = ops["a_chunk"]
     if isinstance(a_chunk, (tuple, list)):
       a_re, a_im = a_chunk
@@ -82,7 +96,7 @@ def chunked_causal_conv(u: jax.Array, ops: dict) -> jax.Array:
       return x_next, x_next
 
     _, x_in = jax.lax.scan(body, jnp.zeros_like(z[0]), z)  # (M - 1, B, H, N): chunks 1..M-1
-    y_state = jnp.einsum("hin,mbhn->bmih", ops["r_out"], x_in, precision=_HIGHEST)
+    y_state = _per_channel_einsum("in,mbn->bmi", ops["r_out"], x_in, 2, 3)  # (B, M - 1, C, H)
     y = y.at[:, 1:].add(y_state)
   return y.reshape(batch, num_chunks * chunk, channels)[:, :length]
 
