@@ -3,7 +3,9 @@
 Why: full TPU AOT compiles of the train step (benchmarks/tpu_aot.py) take many minutes; one layer
 compiles in seconds to minutes and shows which part of a layer the TPU backend spends its time
 on. Each row lowers and compiles grad of sum(S4Block(x) ** 2) with respect to the parameters and
-x (batch 1, H channels, L tokens) for one v5e chip; nothing is run (no TPU here).
+x (batch 1, H channels, L tokens) for one v5e chip; nothing is run (no TPU here). Wall seconds
+and the process's CPU seconds are printed (the latter less inflated on a busy host).
+To time another checkout's layer, point PYTHONPATH at it.
 
 Run (needs libtpu, the `.[tpu]` extra):
   PYTHONPATH=. python benchmarks/tpu_layer_compile.py --layers=s4,s4d --conv_impls=fft,chunked \
@@ -13,13 +15,11 @@ Prints a table and one JSON line.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _LAYERS = flags.DEFINE_list("layers", ["s4", "s4d"], "s4 (DPLR) and/or s4d.")
 _CONV_IMPLS = flags.DEFINE_list("conv_impls", ["fft", "chunked"], "model.conv_impl values.")
@@ -48,16 +48,17 @@ def compile_row(layer: str, conv_impl: str, width: int, length: int) -> dict:
 
   spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
   x = jax.ShapeDtypeStruct((1, length, width), jnp.float32, sharding=sharding)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
       jax.tree_util.tree_map(spec, params), x)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  compiled_at = time.perf_counter()
+  compiled_at, compiled_at_cpu = time.perf_counter(), time.process_time()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"layer": layer, "conv_impl": conv_impl, "H": width, "L": length,
           "lower_s": round(lowered_at - start, 1), "compile_s": round(compiled_at - lowered_at, 1),
+          "lower_compile_cpu_s": round(compiled_at_cpu - start_cpu, 1),
           "xla_gflop_loops_once": round(float(cost.get("flops", float("nan"))) / 1e9, 3),
           "load_average": round(os.getloadavg()[0], 1)}
 
@@ -66,7 +67,8 @@ def main(argv):
   del argv
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   rows = []
-  print("layer | conv_impl | H | L | lower s | compile s | XLA GFLOP (loops once) | load")
+  print("layer | conv_impl | H | L | lower s | compile s | lower + compile CPU s | "
+        "XLA GFLOP (loops once) | load")
   for length in map(int, _LENGTHS.value):
     for layer in _LAYERS.value:
       for conv_impl in _CONV_IMPLS.value:

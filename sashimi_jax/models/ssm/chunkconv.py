@@ -19,12 +19,12 @@ residuals (README "Speed").
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from sashimi_jax.models.ssm import channel_map
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import s4d
@@ -47,6 +47,19 @@ def _diagonal_transition(a_chunk, x):
   n2 = a_re.shape[-1]
   x_re, x_im = x[..., :n2], x[..., n2:]
   return jnp.concatenate([a_re * x_re - a_im * x_im, a_re * x_im + a_im * x_re], axis=-1)
+
+
+def _per_channel_einsum(subscripts: str, operators, x, x_channel_axis: int, out_channel_axis: int):
+  """einsum(subscripts, operators[h], x's channel h) for each channel h, over channel groups.
+
+  A batched HIGHEST matmul over H channels compiles per channel on TPU (channel_map.py); mapped
+  over groups of channels it compiles once. operators: (H, ...); subscripts name one channel's
+  operands (no channel letter); the output's channel axis is put at out_channel_axis.
+  """
+  out = channel_map.map_channels(
+      lambda op, v: jnp.einsum(subscripts, op, v, precision=_HIGHEST), operators,
+      jnp.moveaxis(x, x_channel_axis, 0))
+  return jnp.moveaxis(out, 0, out_channel_axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -94,14 +107,14 @@ def _convolve(u, ops):
   u = u.reshape(batch, num_chunks, chunk, channels)
   lag = jnp.arange(chunk)[:, None] - jnp.arange(chunk)[None, :]  # i - j
   toeplitz = jnp.where(lag >= 0, taps[:, jnp.clip(lag, 0, None)], 0.0)  # (H, C, C)
-  y = jnp.einsum("hij,bmjh->bmih", toeplitz, u, precision=_HIGHEST)
+  y = _per_channel_einsum("ij,bmj->bmi", toeplitz, u, 3, 3)  # (B, M, C, H)
   if num_chunks > 1:
-    z = jnp.einsum("hnj,bmjh->mbhn", ops["w_in"], u[:, :-1], precision=_HIGHEST)
+    z = _per_channel_einsum("nj,bmj->mbn", ops["w_in"], u[:, :-1], 3, 2)  # (M - 1, B, H, N)
     a_chunk = ops["a_chunk"]
     transition = (_diagonal_transition if isinstance(a_chunk, (tuple, list))
                   else _dense_transition)
     x_in = _pass_states(transition, a_chunk, z)  # (M - 1, B, H, N): entering chunks 1..M-1
-    y_state = jnp.einsum("hin,mbhn->bmih", ops["r_out"], x_in, precision=_HIGHEST)
+    y_state = _per_channel_einsum("in,mbn->bmi", ops["r_out"], x_in, 2, 3)  # (B, M - 1, C, H)
     y = y.at[:, 1:].add(y_state)
   return y.reshape(batch, num_chunks * chunk, channels)[:, :length]
 
@@ -166,11 +179,8 @@ def _dplr_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int, l_max: int) ->
   all H channels' at once (an SC09 center stage on a v5e chip: ~180 MiB at H = 256).
   """
   channels = log_dt.shape[0]
-  group = math.gcd(channels, DPLR_BUILD_CHANNELS)
   per_channel = (log_dt, s4d.tile_ssm(log_A_real, channels), s4d.tile_ssm(A_imag, channels),
                  s4d.tile_ssm(B, channels), s4d.tile_ssm(P[0], channels), C)
-  grouped = jax.tree.map(lambda a: a.reshape((channels // group, group) + a.shape[1:]),
-                         per_channel)
 
   @jax.checkpoint
   def build(arrays):
@@ -183,8 +193,7 @@ def _dplr_ops(log_dt, log_A_real, A_imag, B, P, C, *, chunk: int, l_max: int) ->
                                        precision=_HIGHEST)], axis=-1)
     return {"taps": taps, "w_in": jnp.flip(cols, axis=-1), "r_out": rows, "a_chunk": a_chunk}
 
-  ops = jax.lax.map(build, grouped)
-  return jax.tree.map(lambda a: a.reshape((channels,) + a.shape[2:]), ops)
+  return channel_map.map_channel_blocks(build, per_channel, channels_per_trip=DPLR_BUILD_CHANNELS)
 
 
 def _krylov_pair(a, b, r, size: int):
