@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.n_mixtures = 10  # DML only.
   config.model.input_conv_width = 0  # >0: residual causal conv over the embeddings (frames of tokens).
   config.model.input_conv_kind = "dense"  # dense | depthwise.
+  config.model.fine_conv_width = 0  # >0: residual causal conv before each S4 layer of level 0.
+  config.model.fine_conv_kind = "dense"  # dense | depthwise.
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 200_000  # total train steps (a finished run does nothing when rerun).

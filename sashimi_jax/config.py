@@ -267,6 +267,10 @@ def find_problems(config, *, num_devices: int | None = None,
     _check_int(config, f"{m}.input_conv_width", problems, minimum=0, maximum=64)
   if "input_conv_kind" in config[m]:
     _check_choice(config, f"{m}.input_conv_kind", INPUT_CONV_KINDS, problems)
+  if "fine_conv_width" in config[m]:
+    _check_int(config, f"{m}.fine_conv_width", problems, minimum=0, maximum=64)
+  if "fine_conv_kind" in config[m]:
+    _check_choice(config, f"{m}.fine_conv_kind", INPUT_CONV_KINDS, problems)
 
   if sample_len is not None and is_stereo is not None and pool is not None:
     tokens = stereo.stream_length(sample_len, is_stereo)

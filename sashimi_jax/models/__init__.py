@@ -50,6 +50,8 @@ def build_model(model_cfg, *, l_max: int, vocab_size: int, output_dim: int, rngs
       compute_dtype=getattr(m, "compute_dtype", "float32"),
       input_conv_width=int(getattr(m, "input_conv_width", 0) or 0),
       input_conv_kind=str(getattr(m, "input_conv_kind", "dense")),
+      fine_conv_width=int(getattr(m, "fine_conv_width", 0) or 0),
+      fine_conv_kind=str(getattr(m, "fine_conv_kind", "dense")),
       l_max=l_max,
       rngs=rngs,
   )

@@ -3,6 +3,9 @@
 Matches the reference's standalone S4Block (state-spaces/s4 models/s4/s4.py, as
 used by SaShiMi): FFTConv(kernel) -> + D u -> dropout -> GELU -> dropout ->
 Linear(H, 2H) + GLU (final_act="glu") or Linear(H, H) (final_act="id").
+With `pre_conv_width` W > 0, a residual causal convolution of W tokens (`input_conv.py`) runs
+first (as the short convolutions before the SSM in H3 and Mamba): the SSM and its D skip see
+u + conv(u); its recurrent state is then {"conv": last W-1 inputs, "ssm": the kernel's state}.
 
 The SSM parameters live in the child module `kernel` (`models/kernels.py`, one class per layer
 type); all of them except `C` take the SSM learning rate and no weight decay (see
@@ -17,6 +20,7 @@ from flax import nnx
 
 from sashimi_jax.models import kernels
 from sashimi_jax.models import layers
+from sashimi_jax.models.input_conv import CausalInputConv
 from sashimi_jax.models.ssm import chunkconv
 from sashimi_jax.models.ssm import fftconv
 from sashimi_jax.models.ssm import freqconv
@@ -50,7 +54,8 @@ class S4Block(nnx.Module):
   def __init__(self, d_model: int, *, l_max: int, layer: str, d_state: int = 64, n_ssm: int = 1,
                final_act: str = "glu", dropout: float = 0.0, init: Optional[str] = None,
                disc: Optional[str] = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-               conv_impl: str = "auto", rngs: nnx.Rngs):
+               conv_impl: str = "auto", pre_conv_width: int = 0, pre_conv_kind: str = "dense",
+               rngs: nnx.Rngs):
     if conv_impl not in CONV_IMPLS:
       raise ValueError(f"unknown conv_impl {conv_impl!r}; expected one of {CONV_IMPLS}")
     if final_act not in FINAL_ACTS:
@@ -65,6 +70,8 @@ class S4Block(nnx.Module):
                                      init=init, disc=disc, dt_min=dt_min, dt_max=dt_max,
                                      l_max=l_max, rngs=rngs)
     self.D = nnx.Param(jax.random.normal(rngs.params(), (d_model,), jnp.float32))
+    self.pre_conv = nnx.data(CausalInputConv(d_model, pre_conv_width, kind=pre_conv_kind,
+                                             rngs=rngs) if pre_conv_width > 0 else None)
     d_out = 2 * d_model if final_act == "glu" else d_model
     self.output_linear = layers.Dense(d_model, d_out, rngs=rngs)
 
@@ -88,6 +95,8 @@ class S4Block(nnx.Module):
     """x (B, L, H) -> (B, L, H), causal."""
     if x.ndim != 3 or x.shape[-1] != self.d_model:
       raise ValueError(f"S4Block expects (B, L, {self.d_model}) input, got shape {x.shape}")
+    if self.pre_conv is not None:
+      x = self.pre_conv(x).astype(x.dtype)
     y = self._convolve(x) + x.astype(jnp.float32) * self.D[...]
     y = y.astype(x.dtype)
     y = self._dropout(y, deterministic, rngs)  # Reference: FFTConv's dropout, before its GELU.
@@ -117,15 +126,28 @@ class S4Block(nnx.Module):
 
   def init_state(self, batch_size: int):
     """Zero recurrent state (fixed-shape float32 pytree) for `batch_size` sequences."""
-    return self.kernel.init_state(batch_size)
+    if self.pre_conv is None:
+      return self.kernel.init_state(batch_size)
+    return {"conv": self.pre_conv.init_state(batch_size),
+            "ssm": self.kernel.init_state(batch_size)}
 
   def step(self, rec: dict, state, x: jax.Array):
     """One token: x (B, H) -> (y (B, H), new state). Pure; no dropout."""
-    y, state = self.kernel.step(rec, state, x)
+    if self.pre_conv is not None:
+      dtype = x.dtype
+      x, conv_state = self.pre_conv.step(state["conv"], x)
+      x = x.astype(dtype)
+      y, ssm_state = self.kernel.step(rec, state["ssm"], x)
+      state = {"conv": conv_state, "ssm": ssm_state}
+    else:
+      y, state = self.kernel.step(rec, state, x)
     y = y + x.astype(jnp.float32) * self.D[...]
     y = jax.nn.gelu(y.astype(x.dtype), approximate=False)
     return self._output(y), state
 
   def prefill_state(self, rec: dict, x: jax.Array):
-    """State after consuming x (B, L, H) from the zero state."""
-    return self.kernel.prefill_state(rec, x)
+    """State after consuming x (B, L, H) (the block's input) from the zero state."""
+    if self.pre_conv is None:
+      return self.kernel.prefill_state(rec, x)
+    return {"conv": self.pre_conv.prefill_state(x),
+            "ssm": self.kernel.prefill_state(rec, self.pre_conv(x))}

@@ -44,7 +44,9 @@ class SaShiMiLM(nnx.Module):
   with float32 parameters, SSM kernels, FFT convolution, LayerNorm statistics, outputs and
   recurrent state;
   `input_conv_width` > 0 adds a residual causal convolution of that width (`input_conv_kind`
-  `dense` or `depthwise`) to the embeddings before level 0 (`input_conv.py`).
+  `dense` or `depthwise`) to the embeddings before level 0 (`input_conv.py`);
+  `fine_conv_width` > 0 adds one (`fine_conv_kind`) before every S4 layer of level 0's stages
+  (the token-rate layers; `S4Block(pre_conv_width=...)`).
   """
 
   def __init__(
@@ -72,6 +74,8 @@ class SaShiMiLM(nnx.Module):
       compute_dtype: str = "float32",
       input_conv_width: int = 0,
       input_conv_kind: str = "dense",
+      fine_conv_width: int = 0,
+      fine_conv_kind: str = "dense",
       l_max: int,
       rngs: nnx.Rngs,
   ):
@@ -106,9 +110,12 @@ class SaShiMiLM(nnx.Module):
 
     def stage_options(k):
       width = widths[k]
+      # Only level 0 runs at the token rate, where lag 1 is the other channel of a stereo frame.
+      pre_conv = (dict(pre_conv_width=fine_conv_width, pre_conv_kind=fine_conv_kind) if k == 0
+                  else {})
       return dict(n_layers=n_layers, ff=ff, dropout=dropout, remat=remat,
                   l_max=l_max // self.rate_frames[k],
-                  n_ssm=width if n_ssm is None else n_ssm, **block_options)
+                  n_ssm=width if n_ssm is None else n_ssm, **block_options, **pre_conv)
 
     # torch nn.Embedding initialisation: N(0, 1).
     self.embedding = nnx.Embed(
