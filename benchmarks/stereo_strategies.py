@@ -9,7 +9,8 @@ pool [4, 4]) trained by `launch.py` for the same steps, seed and tokens per step
   * `<variant>+<field>=<value>[+...]`: a variant with model overrides, e.g.
     `temporal+input_conv_width=4`, `temporal+input_conv_width=4+input_conv_kind=depthwise` or
     `two-mono+input_conv_width=4` (the baseline of a model with that field). Without overrides
-    every variant has `model.input_conv_width=0` (the model of the seeds' presets).
+    every variant has `model.input_conv_width=0` and `model.fine_conv_width=0` (the model of
+    the seeds' presets).
 Each trained model is then scored on the same validation audio (`--eval_clips` stereo clips of
 1024 frames spread over the validation split; the two-mono model on both channels of the same
 frames as mono streams, `channel_bits`), generates `--num_samples` clips of one training clip
@@ -158,6 +159,7 @@ def variant_config(variant: str, data_path: str, mono_dir: pathlib.Path):
   # Every variant states its model fields: the presets' defaults (e.g. stereo_temporal's input
   # convolution) must not differ between variants unless asked for.
   overrides["model.input_conv_width"] = 0
+  overrides["model.fine_conv_width"] = 0
   if strategy == "two-mono":
     path, valid, test = mono_channel_dataset(stereo_cfg, mono_dir)
     config = runpy.run_path(str(_ROOT / "configs/mono.py"))["get_config"]("tiny")
