@@ -75,7 +75,9 @@ _DATASETS = flags.DEFINE_list("datasets", ["demo", "uncorrelated"],
                               "demo, uncorrelated, correlated, or folders of stereo audio.")
 _STEPS = flags.DEFINE_integer("steps", 500, "Train steps per variant.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between learning-curve points.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run (unless --seeds).")
+_SEEDS = flags.DEFINE_list("seeds", [], "Seeds: every variant is run with each, and a row gives "
+                           "their mean (the gain over two-mono pairs runs of the same seed).")
 _EVAL_CLIPS = flags.DEFINE_integer("eval_clips", 32, "Validation clips scored per variant.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Clips generated per variant.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/stereo_strategies", "Runs and rendered data.")
@@ -142,7 +144,7 @@ def mono_channel_dataset(stereo_config, directory: pathlib.Path):
   return (str(directory), 2 * len(splits["valid"]) / total, 2 * len(splits["test"]) / total)
 
 
-def variant_config(variant: str, data_path: str, mono_dir: pathlib.Path):
+def variant_config(variant: str, data_path: str, mono_dir: pathlib.Path, seed: int):
   """(config, launch.py overrides) of one variant."""
   stereo_cfg = runpy.run_path(str(_ROOT / "configs/stereo_temporal.py"))["get_config"]("tiny")
   stereo_cfg.dataset.path = data_path
@@ -150,7 +152,7 @@ def variant_config(variant: str, data_path: str, mono_dir: pathlib.Path):
     overrides_path = {"dataset.path": data_path}
   else:
     overrides_path = {}
-  overrides = {"train.num_steps": _STEPS.value, "seed": _SEED.value,
+  overrides = {"train.num_steps": _STEPS.value, "seed": seed,
                "train.eval_every_steps": _EVAL_EVERY.value,
                "train.checkpoint_every_steps": _STEPS.value, "train.log_every_steps": 20,
                "train.warmup_steps": min(20, _STEPS.value),
@@ -247,6 +249,27 @@ def score(workdir: str, clips: np.ndarray) -> dict:
   return out
 
 
+def mean_rows(rows: list[dict]) -> list[dict]:
+  """One row per variant with the mean over its seeds of every numeric field (seed "mean of k")."""
+  out = []
+  for variant in dict.fromkeys(r["variant"] for r in rows):
+    group = [r for r in rows if r["variant"] == variant]
+    if len(group) < 2:
+      continue
+    mean = {"dataset": group[0]["dataset"], "variant": variant,
+            "seed": f"mean of {len(group)}", "steps": group[0]["steps"]}
+    for key, value in group[0].items():
+      if key in mean:
+        continue
+      if isinstance(value, dict):
+        mean[key] = {k: float(np.mean([g[key][k] for g in group])) for k in value
+                     if all(isinstance(g[key].get(k), (int, float)) for g in group)}
+      elif all(key in g and g[key] is not None for g in group):
+        mean[key] = float(np.mean([g[key] for g in group]))
+    out.append(mean)
+  return out
+
+
 def plot(curves: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -289,10 +312,11 @@ def main(argv):
     clips = eval_clips(data_path, _EVAL_CLIPS.value)
     headroom[dataset] = validation_headroom(data_path)
     results = {}
-    for variant in _VARIANTS.value:
+    seeds = [int(x) for x in _SEEDS.value] or [_SEED.value]
+    for variant, seed in [(v, s) for v in _VARIANTS.value for s in seeds]:
       name = f"{pathlib.Path(dataset).name or dataset}__{variant}".replace("=", "").replace("+", "_")
-      workdir = str(root / f"{name}__{_STEPS.value}steps_seed{_SEED.value}")
-      _, file, overrides = variant_config(variant, data_path, root / f"mono_{name}")
+      workdir = str(root / f"{name}__{_STEPS.value}steps_seed{seed}")
+      _, file, overrides = variant_config(variant, data_path, root / f"mono_{name}", seed)
       run_file = workdir + ".run.json"
       if _REUSE.value and os.path.exists(run_file):
         with open(run_file, encoding="utf-8") as f:
@@ -304,7 +328,7 @@ def main(argv):
         os.makedirs(workdir, exist_ok=True)
         run = train_variant(file, overrides, workdir)
       curve, tokens_per_second = read_metrics(workdir)
-      curves[(dataset, variant)] = curve
+      curves[(dataset, variant if len(seeds) == 1 else f"{variant} s{seed}")] = curve
       # Scores are kept beside the run, keyed by what they depend on.
       score_file = f"{workdir}.score_{_EVAL_CLIPS.value}clips_{_NUM_SAMPLES.value}samples.json"
       if _REUSE.value and os.path.exists(score_file):
@@ -319,15 +343,20 @@ def main(argv):
         scores = score(workdir, clips)
         with open(score_file, "w", encoding="utf-8") as f:
           json.dump(scores, f)
-      results[variant] = {"run": run, "curve": curve, "tokens_per_second": tokens_per_second,
-                          **scores}
-      print(f"[{dataset}] {variant}: {results[variant]['bits']}", flush=True)
-    for variant, r in results.items():
+      results[(variant, seed)] = {"run": run, "curve": curve,
+                                  "tokens_per_second": tokens_per_second, **scores}
+      print(f"[{dataset}] {variant} seed {seed}: {scores['bits']}", flush=True)
+    dataset_rows = []
+    for (variant, seed), r in results.items():
       b = r["bits"]
-      # The baseline is the two-mono model with the same model overrides.
+      # The baseline is the two-mono model with the same model overrides and seed (without a
+      # run of that seed: the mean over its seeds).
       same_model = "+".join(["two-mono"] + variant.split("+")[1:])
-      baseline = results.get(same_model, {}).get("bits")
-      row = {"dataset": dataset, "variant": variant, "steps": _STEPS.value,
+      baseline = results.get((same_model, seed), {}).get("bits")
+      others = [v["bits"] for (name, _), v in results.items() if name == same_model]
+      if baseline is None and others:
+        baseline = {k: float(np.mean([o[k] for o in others])) for k in ("left", "right")}
+      row = {"dataset": dataset, "variant": variant, "seed": seed, "steps": _STEPS.value,
              "bits_total": b["total"], "bits_left": b["left"], "bits_right": b["right"],
              "right_minus_left": b["right"] - b["left"],
              "launch_eval_bits": r["curve"][-1][1] if r["curve"] else None,
@@ -343,16 +372,19 @@ def main(argv):
         row["data_side_to_mid_db"] = r["data"]["side_to_mid_db"]
         row["sample_level_difference_db_spread"] = r["samples"]["level_difference_db_spread"]
         row["data_level_difference_db_spread"] = r["data"]["level_difference_db_spread"]
-      rows.append(row)
+      dataset_rows.append(row)
+    rows.extend(dataset_rows)
+    if len(seeds) > 1:
+      rows.extend(mean_rows(dataset_rows))
 
   def fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
-  print("\n| data | variant | bits total | left | right | right - left | right gain vs two-mono "
+  print("\n| data | variant | seed | bits total | left | right | right - left | right gain vs two-mono "
         "| left gain vs two-mono | sample corr (data) | tf corr: one-step draws / L + drawn R "
         "/ means (data) | tf residual corr | tf R noise fraction | sample side/mid dB (data) "
         "| tokens/s | peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     corr = (f"{r['sample_correlation']:.2f} ({r['data_correlation']:.2f})"
             if "sample_correlation" in r else "-")
@@ -363,7 +395,8 @@ def main(argv):
           f"{t['mean_prediction']:.2f} ({t['data']:.2f})" if t else "-")
     noise = f"{t['right_noise_fraction']:.2f}" if t else "-"
     residual = f"{t['residual_correlation']:.2f}" if t else "-"
-    print(f"| {r['dataset']} | {r['variant']} | {r['bits_total']:.2f} | {r['bits_left']:.2f} | "
+    print(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['bits_total']:.2f} | "
+          f"{r['bits_left']:.2f} | "
           f"{r['bits_right']:.2f} | {r['right_minus_left']:+.2f} | "
           f"{fmt(r.get('right_gain_over_two_mono'), '+.2f')} | "
           f"{fmt(r.get('left_gain_over_two_mono'), '+.2f')} | {corr} | {tf} | {residual} | "
