@@ -56,6 +56,11 @@ def _timed_compile(fn, *specs) -> dict:
           "load_average": round(os.getloadavg()[0], 1)}
 
 
+def _given(operators):
+  """The operators themselves (the chunked_conv piece convolves with given operators)."""
+  return operators
+
+
 def piece_row(piece: str, width: int, length: int, chunk: int = 64) -> dict:
   """Compiles grad of one piece of the chunked DPLR layer for one v5e chip."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -70,12 +75,14 @@ def piece_row(piece: str, width: int, length: int, chunk: int = 64) -> dict:
   kernel = kernels.ssm_kernel(width, layer="s4", d_state=64, n_ssm=1, l_max=length,
                               rngs=nnx.Rngs(0))
   args = [spec(a) for a in kernel.ssm_args()]
-  build = lambda *a: chunkconv.dplr_chunk_ops(*a, chunk=chunk, l_max=length)
+  # dplr_chunk_ops binds the parameters to a builder; calling it builds the operator dict.
+  build = lambda *a: chunkconv.dplr_chunk_ops(*a, chunk=chunk, l_max=length)()
   matrices = spec(jax.ShapeDtypeStruct((width, 64, 64), jnp.float32))
   vectors = spec(jax.ShapeDtypeStruct((width, 64), jnp.float32))
   fn, specs = {
       "chunk_ops": (lambda *a: squares(build(*a)), args),
-      "chunked_conv": (lambda u, ops: squares(chunkconv.chunked_causal_conv(u, ops)),
+      "chunked_conv": (lambda u, ops: squares(chunkconv.chunked_causal_conv(
+          u, jax.tree_util.Partial(_given, ops))),
                        [spec(jax.ShapeDtypeStruct((1, length, width), jnp.float32)),
                         jax.tree_util.tree_map(spec, jax.eval_shape(build, *args))]),
       "matrix_power": (lambda a: squares(dplr.matrix_power(a, length)), [matrices]),
