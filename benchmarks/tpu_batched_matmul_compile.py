@@ -4,9 +4,9 @@ Why: XLA:TPU emits code per batch element for batched HIGHEST-precision small ma
 DPLR algebra (matrix powers, Krylov blocks, solves on (H, N, N) arrays) dominates compile time of
 full models (README "Training", TPU section). This isolates one such piece, grad of
 sum(A^16000 ** 2) for (H, 64, 64) A, in three forms:
-  batched:  dplr.matrix_power on the whole (H, N, N) array (today's code);
-  mapped:   jax.lax.map over the H channels (one (N, N) body);
-  mapped8:  jax.lax.map over groups of 8 channels.
+  batched:  the one-channel power vmapped over the whole (H, N, N) array (the old code);
+  mapped:   mapped over the H channels one at a time (one (N, N) body);
+  mapped8:  mapped over groups of 8 channels (channel_map.CHANNELS_PER_TRIP, dplr.matrix_power).
 Only compile time is measured (no TPU here): the run time of each form on a real chip is unknown.
 
 Run (needs libtpu, the `.[tpu]` extra):
@@ -25,6 +25,7 @@ from jax.experimental import topologies
 from jax.sharding import SingleDeviceSharding
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sashimi_jax.models.ssm import channel_map  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax.models.ssm import dplr  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 EXPONENT = 16000
@@ -33,11 +34,11 @@ GROUP = 8
 
 
 def _forms():
-  power = lambda a: dplr.matrix_power(a, EXPONENT)
+  power = lambda a: dplr._matrix_power_one(a, EXPONENT)  # pylint: disable=protected-access
   return {
-      "batched": power,
-      "mapped": lambda a: jax.lax.map(lambda x: power(x[None])[0], a),
-      "mapped8": lambda a: jax.lax.map(power, a.reshape(-1, GROUP, NUM_STATE, NUM_STATE)),
+      "batched": jax.vmap(power),
+      "mapped": lambda a: channel_map.map_channels(power, a, channels_per_trip=1),
+      "mapped8": lambda a: channel_map.map_channels(power, a, channels_per_trip=GROUP),
   }
 
 
