@@ -34,8 +34,8 @@ FINAL_ACTS = ("glu", "id")
 # like the others', which scanned layers can materialise (SC09 on TPU read 7.6 GiB/chip with it).
 CONV_IMPLS = ("auto", "fft", "fft_freq", "chunked")
 # Chosen by benchmarks/conv_cost.py, tpu_aot.py and model_speed.py (README "Speed"): on CPU chunks
-# were 5% slower in the whole train step; on TPU the SC09 train step with `chunked` needs 2.6x
-# fewer FLOPs (every loop trip counted) and 0.77x the peak memory of `fft`.
+# were 5% slower in the whole train step; on TPU the SC09 train step with `chunked` needs 2.3x
+# fewer FLOPs (every loop trip counted) and 0.76x the peak memory of `fft`.
 AUTO_CONV_IMPL = {"tpu": "chunked", "cpu": "fft", "cuda": "fft", "rocm": "fft"}
 DEFAULT_CHUNK_TOKENS = 64
 CHUNK_TOKENS = {"tpu": 64, "cpu": 64, "cuda": 64, "rocm": 64}
