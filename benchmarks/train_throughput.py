@@ -9,9 +9,8 @@ Cases: tiny_mono, tiny_stereo (configs/stereo_temporal.py:tiny with is_stereo Fa
 sc09_mono, sc09_stereo (configs/sc09.py, the stereo variant with the same 16000 frames =
 32000 tokens). --batch_size overrides the config's global batch (SC09's 32 is slow on a CPU;
 the default here is 1 for SC09). Numbers on a shared machine are noisy: report the minimum.
-All cases are compiled first, then timed one step each in turn (`--input_conv_widths=0,4` or
-`--model_variants=input_conv_width=4,input_conv_width=4+fine_conv_width=4` compare model variants
-side by side).
+All cases are compiled first, then timed one step each in turn
+(`--model_variants=base,input_conv_width=0+fine_conv_width=0` compares model variants side by side).
 """
 
 import json
@@ -33,12 +32,9 @@ _CASES = flags.DEFINE_list("cases", ["tiny_mono", "tiny_stereo", "sc09_mono", "s
                            "Which configurations to time.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case (after one warm-up step).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch override (0: tiny config's, SC09 1).")
-_INPUT_CONV_WIDTHS = flags.DEFINE_list(
-    "input_conv_widths", ["0"], "model.input_conv_width values to time each case with, side by "
-    "side (e.g. 0,4); a `d` suffix (4d) selects input_conv_kind=depthwise.")
 _MODEL_VARIANTS = flags.DEFINE_list(
-    "model_variants", [], "Instead of --input_conv_widths: model overrides to time side by side, "
-    "each `field=value[+field=value...]` (`base` = the case's config).")
+    "model_variants", ["base"], "Model overrides to time side by side, each "
+    "`field=value[+field=value...]` (`base` = the case's config as it is).")
 
 
 def case_config(name: str):
@@ -97,18 +93,12 @@ def main(argv):
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
   labels, cases = [], []
   for name in _CASES.value:
-    for width in ([] if _MODEL_VARIANTS.value else _INPUT_CONV_WIDTHS.value):
-      config = case_config(name)
-      config.model.input_conv_width = int(width.rstrip("d"))
-      config.model.input_conv_kind = "depthwise" if width.endswith("d") else "dense"
-      labels.append(name if width == "0" else f"{name}+conv{width}")
-      cases.append(prepare_case(config))
     for variant in _MODEL_VARIANTS.value:
       config = case_config(name)
       for field in ([] if variant == "base" else variant.split("+")):
         key, value = field.split("=")
         config.model[key] = int(value) if value.isdigit() else value
-      labels.append(f"{name}+{variant}")
+      labels.append(name if variant == "base" else f"{name}+{variant}")
       cases.append(prepare_case(config))
   time_round_robin(cases, _STEPS.value)
   print(f"{'case':<20} {'params':>9} {'tokens/step':>11} {'compile s':>9} {'s/step min':>10} "
