@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from sashimi_jax.models.ssm import channel_map
+from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
 from sashimi_jax.models.ssm import dplr
 from sashimi_jax.models.ssm import s4d
@@ -43,10 +44,7 @@ def _dense_transition(a_chunk, x):
 
 def _diagonal_transition(a_chunk, x):
   """A^C x for a complex-diagonal A^C = (Re, Im) (H, N / 2) acting on x = [Re s, Im s]."""
-  a_re, a_im = a_chunk
-  n2 = a_re.shape[-1]
-  x_re, x_im = x[..., :n2], x[..., n2:]
-  return jnp.concatenate([a_re * x_re - a_im * x_im, a_re * x_im + a_im * x_re], axis=-1)
+  return complex_pairs.diagonal_times_halves(*a_chunk, x)
 
 
 def _per_channel_einsum(subscripts: str, operators, x, x_channel_axis: int, out_channel_axis: int):

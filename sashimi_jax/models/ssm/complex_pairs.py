@@ -41,3 +41,11 @@ def log1p(z: jax.Array) -> jax.Array:
   re = 0.5 * jnp.log1p(x * (2.0 + x) + y * y)
   im = jnp.arctan2(y, 1.0 + x)
   return jax.lax.complex(re, im)
+
+
+def diagonal_times_halves(a_re: jax.Array, a_im: jax.Array, x: jax.Array) -> jax.Array:
+  """diag(a) s for complex a = a_re + i a_im (..., N/2) and a real vector x = [Re s, Im s]
+  (..., N), the halves stacked on the last axis (the real form of a complex-diagonal state)."""
+  n2 = a_re.shape[-1]
+  x_re, x_im = x[..., :n2], x[..., n2:]
+  return jnp.concatenate([a_re * x_re - a_im * x_im, a_re * x_im + a_im * x_re], axis=-1)

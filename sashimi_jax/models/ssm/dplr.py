@@ -93,9 +93,7 @@ def dense_discretization(log_dt, log_A_real, A_imag, B, P):
   m_inv = _blocks(d) - u2[:, :, None] * v[:, None, :]
   num_state = m_inv.shape[-1]
   A_bar = (4.0 / dt)[..., None] * m_inv - jnp.eye(num_state, dtype=jnp.float32)
-  b_re, b_im = _halves(B_r)
-  d_re, d_im = jnp.real(d), jnp.imag(d)
-  d_times_b = jnp.concatenate([d_re * b_re - d_im * b_im, d_re * b_im + d_im * b_re], axis=-1)
+  d_times_b = complex_pairs.diagonal_times_halves(jnp.real(d), jnp.imag(d), B_r)
   B_bar = 2.0 * (d_times_b - u2 * jnp.sum(v * B_r, axis=-1, keepdims=True))
   return A_bar, B_bar
 
