@@ -31,10 +31,10 @@ def test_conv_equals_step_and_is_causal(kind, width):
       conv.prefill_state(x[:, :5]), x[:, 5])[1], atol=1e-6)
 
 
-def test_model_with_input_conv_steps_and_prefills_exactly(kind="depthwise"):
-  model = SaShiMiLM(vocab_size=256, output_dim=256, d_model=16, n_layers=1, pool=(2, 2),
-                    layer="s4d", d_state=8, l_max=64, input_conv_width=4, input_conv_kind=kind,
-                    rngs=nnx.Rngs(0))
+def _assert_steps_and_prefills_exactly(model, tol=1e-5):
+  """model's recurrent step over 64 tokens, and prefill of 21 then steps, equal its convolution.
+
+  Returns the tokens (2, 64) and the convolution's outputs on them."""
   tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 256)
   conv = model(tokens)
   rec = model.setup_recurrence()
@@ -45,10 +45,18 @@ def test_model_with_input_conv_steps_and_prefills_exactly(kind="depthwise"):
 
   _, stepped = jax.lax.scan(body, model.init_state(2), tokens.T)
   scale = float(jnp.max(jnp.abs(conv)))
-  np.testing.assert_allclose(jnp.swapaxes(stepped, 0, 1), conv, atol=1e-5 * scale)
+  np.testing.assert_allclose(jnp.swapaxes(stepped, 0, 1), conv, atol=tol * scale)
   _, state = model.prefill(rec, tokens[:, :21])
   _, rest = jax.lax.scan(body, state, tokens[:, 21:].T)
-  np.testing.assert_allclose(jnp.swapaxes(rest, 0, 1), conv[:, 21:], atol=1e-5 * scale)
+  np.testing.assert_allclose(jnp.swapaxes(rest, 0, 1), conv[:, 21:], atol=tol * scale)
+  return tokens, conv
+
+
+def test_model_with_input_conv_steps_and_prefills_exactly(kind="depthwise"):
+  model = SaShiMiLM(vocab_size=256, output_dim=256, d_model=16, n_layers=1, pool=(2, 2),
+                    layer="s4d", d_state=8, l_max=64, input_conv_width=4, input_conv_kind=kind,
+                    rngs=nnx.Rngs(0))
+  _assert_steps_and_prefills_exactly(model)
 
 
 def test_input_conv_config_is_validated():
@@ -73,21 +81,8 @@ def test_model_with_fine_conv_steps_and_prefills_exactly(kind="dense", unet=True
   top = model.levels()[0]
   assert getattr(top.up, "layer_stack").s4.layer.pre_conv.kernel.shape[:2] == (2, 3)
   assert getattr(model.levels()[1].up, "layer_stack").s4.layer.pre_conv is None
-  tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, 256)
-  conv = model(tokens)
-  rec = model.setup_recurrence()
-
-  def body(state, token):
-    out, state = model.step(rec, state, token)
-    return state, out
-
-  _, stepped = jax.lax.scan(body, model.init_state(2), tokens.T)
+  tokens, conv = _assert_steps_and_prefills_exactly(model)
   scale = float(jnp.max(jnp.abs(conv)))
-  tol = 1e-5
-  np.testing.assert_allclose(jnp.swapaxes(stepped, 0, 1), conv, atol=tol * scale)
-  _, state = model.prefill(rec, tokens[:, :21])
-  _, rest = jax.lax.scan(body, state, tokens[:, 21:].T)
-  np.testing.assert_allclose(jnp.swapaxes(rest, 0, 1), conv[:, 21:], atol=tol * scale)
   # The convolution changes the function: zeroing its kernels changes the outputs.
   plain = nnx.clone(model)
   for level in plain.levels()[:1]:
