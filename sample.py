@@ -49,6 +49,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "batch is this times the device count). Part of the job: on CPU a clip's "
                        "rounding depends on how many rows a device computes together.",
                        flag_values=fv)
+  flags.DEFINE_integer("cpu_devices", None, "On a CPU host: XLA devices the cores are split into, "
+                       "each generating its share of every batch on its own thread (default: one "
+                       "per core this process may use; XLA_FLAGS' "
+                       "--xla_force_host_platform_device_count wins). Not part of the job: the "
+                       "clips do not depend on it.", flag_values=fv)
   flags.DEFINE_float("seconds", 1.0, "Length of each clip in seconds, prompt included.",
                      flag_values=fv)
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", flag_values=fv)

@@ -4,12 +4,16 @@ Run (from the repository root):
   python benchmarks/sampling_speed.py                              # tiny + SC09, mono + stereo
   python benchmarks/sampling_speed.py --configs=tiny --channels=mono --batch_sizes=1,16
                                       # the README's rows (issue #12: batch 16 vs the reference)
+  python benchmarks/sampling_speed.py --configs=tiny --channels=mono --batch_sizes=16 --devices=1,2
   python benchmarks/sampling_speed.py --configs=tiny --batch_sizes=1 --num_tokens=4096
   python benchmarks/sampling_speed.py --configs=sc09 --sc09_layers=s4d,s4   # SC09 with S4D too
 
 For every config x channels x batch size: generated tokens/s, ms per scan step and per token,
 real-time factor (seconds of audio generated per wall-clock second), compile time, and the same
-for a Python loop dispatching one jitted step+sample per token. Machine ceilings are measured
+for a Python loop dispatching one jitted step+sample per token. Each batch size is measured on
+every count of --devices that divides it (the batch sharded over a data mesh, as sample.py does;
+on a CPU the cores are split into that many XLA devices: sashimi_jax/cpu_devices.py); the Python
+loop always runs on one device. Machine ceilings are measured
 first: a float32 matmul rate (GFLOP/s) and a copy bandwidth (GB/s, read + write). From them:
   * achieved FLOP rate = estimated FLOPs per step / step time, as a fraction of the matmul rate;
     FLOPs per token are estimated as 2 x the weights each token touches (level k of the U-Net
@@ -39,7 +43,9 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from anywhere
+from sashimi_jax import cpu_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "sc09"], "tiny (configs/mono.py:tiny, the "
@@ -50,6 +56,9 @@ _NUM_TOKENS = flags.DEFINE_integer("num_tokens", 2048, "Tokens generated per tim
 _LOOP_TOKENS = flags.DEFINE_integer("loop_tokens", 256, "Tokens per timed Python-loop run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (minimum reported).")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan unroll.")
+_DEVICES = flags.DEFINE_list("devices", ["1", "cores"], "Device counts to shard each batch over "
+                             "(those that divide it); 'cores' = one per core this process may "
+                             "use (sample.py's default on a CPU).")
 _SC09_LAYERS = flags.DEFINE_list(
     "sc09_layers", ["s4"], "S4 layer kinds to measure the SC09 config with: s4 (its own DPLR "
     "layers, bilinear) and/or s4d (diagonal, diag-lin init, zoh), e.g. --sc09_layers=s4,s4d.")
@@ -172,8 +181,12 @@ def _python_loop_seconds(model, batch_size: int, num_tokens: int, repeats: int) 
 
 
 def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
-            layer: str | None = None) -> dict:
-  """One table row: the compiled scan sampler and the Python step loop at one setting."""
+            layer: str | None = None, devices: int = 1, loop_ms: dict | None = None) -> dict:
+  """One table row: the compiled scan sampler (on `devices` devices) and the Python step loop.
+
+  `loop_ms` caches the Python loop's time per (config, layer, channels, batch) across device
+  counts (it always runs on one device).
+  """
   config = get_config(name, stereo, layer)
   note = ""
   try:
@@ -187,17 +200,13 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
       note = f"{config.model.layer} unavailable ({e}); measured s4d"
       config.model.layer, config.model.init = "s4d", "diag-lin"
     model = build_model(config, nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-  settings = sampling._Settings(  # pylint: disable=protected-access
-      spec=sampling.head_spec(model), batch_size=batch_size, temperature=1.0, top_p=1.0,
-      unroll=_UNROLL.value)
   num_tokens = _NUM_TOKENS.value
+  mesh = sharding.create_mesh(jax.devices()[:devices]) if devices > 1 else None
 
   def run(seed=[0]):  # pylint: disable=dangerous-default-value
     seed[0] += 1
-    return sampling._generate_all(  # pylint: disable=protected-access
-        params, jax.random.key(seed[0]), jnp.int32(0), None, None, graphdef=graphdef,
-        settings=settings, new_tokens=num_tokens)
+    return sampling.generate(model, jax.random.key(seed[0]), batch_size=batch_size,
+                             new_tokens=num_tokens, unroll=_UNROLL.value, mesh=mesh)["tokens"]
 
   start = time.perf_counter()
   jax.block_until_ready(run())
@@ -210,11 +219,15 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
   per_token_weights, total_weights = weights_per_token(model)
   flops_per_step = 2.0 * per_token_weights * batch_size
   achieved_gflops = flops_per_step / (step_ms / 1e3) / 1e9
-  loop_seconds = _python_loop_seconds(model, batch_size, _LOOP_TOKENS.value, 1)
-  loop_step_ms = loop_seconds / _LOOP_TOKENS.value * 1e3
+  loop_key = (name, config.model.layer, channels, batch_size)
+  loop_ms = {} if loop_ms is None else loop_ms
+  if loop_key not in loop_ms:
+    loop_ms[loop_key] = (_python_loop_seconds(model, batch_size, _LOOP_TOKENS.value, 1)
+                         / _LOOP_TOKENS.value * 1e3)
+  loop_step_ms = loop_ms[loop_key]
   row = {
       "config": name, "layer": config.model.layer, "channels": channels,
-      "batch_size": batch_size, "params": total_weights,
+      "batch_size": batch_size, "devices": devices, "params": total_weights,
       "compile_s": round(compile_seconds, 2),
       "step_ms": round(step_ms, 5), "ms_per_token": round(step_ms / batch_size, 5),
       "cpu_ms_per_token": round(cpu_step_ms / batch_size, 5),
@@ -238,15 +251,26 @@ def measure(name: str, stereo: bool, batch_size: int, ceilings: dict,
   return row
 
 
+def _device_counts() -> list[int]:
+  counts = [cpu_devices.available_cores() if d == "cores" else int(d) for d in _DEVICES.value]
+  if any(c < 1 for c in counts):
+    raise app.UsageError(f"--devices must be >= 1 or 'cores', got {_DEVICES.value}")
+  return sorted(set(counts))
+
+
 def main(argv):
   del argv
+  counts = _device_counts()
+  # Before any JAX operation: split a CPU into as many devices as the largest count asks for.
+  available = cpu_devices.configure(max(counts), os.environ)
+  counts = [c for c in counts if c <= min(available, jax.device_count())]
   ceilings = {"matmul_gflops": round(matmul_gflops(), 1),
               "copy_gbytes_per_s": round(copy_gbytes_per_s(), 1)}
   print(f"matmul {ceilings['matmul_gflops']} GFLOP/s, copy {ceilings['copy_gbytes_per_s']} GB/s "
         f"(read + write); {jax.device_count()} {jax.default_backend()} device(s); load average "
         f"{os.getloadavg()[0]:.2f}")
   rows = []
-  header = (f"{'config':>9} {'ch':>2} {'B':>3} {'ms/step':>9} {'ms/token':>9} {'cpu ms/t':>9} "
+  header = (f"{'config':>9} {'ch':>2} {'B':>3} {'dev':>3} {'ms/step':>9} {'ms/token':>9} {'cpu ms/t':>9} "
             f"{'tok/s':>9} "
             f"{'RTF':>7} {'loop ms':>9} {'xloop':>6} {'GFLOP/s':>8} {'%mm':>6} {'vs read':>8} "
             f"{'vs mm':>6} {'compile':>8}")
@@ -255,11 +279,13 @@ def main(argv):
           for layer in (_SC09_LAYERS.value if name == "sc09" else [None])]
   for name, layer in runs:
     for channels in _CHANNELS.value:
-      for batch_size in (int(b) for b in _BATCH_SIZES.value):
-        row = measure(name, channels == "stereo", batch_size, ceilings, layer)
+      loop_ms = {}
+      for batch_size, devices in ((int(b), d) for b in _BATCH_SIZES.value for d in counts
+                                  if int(b) % d == 0):
+        row = measure(name, channels == "stereo", batch_size, ceilings, layer, devices, loop_ms)
         rows.append(row)
         label = f"{name}/{row['layer']}"
-        print(f"{label:>9} {row['channels']:>2} {batch_size:>3} {row['step_ms']:9.4f} "
+        print(f"{label:>9} {row['channels']:>2} {batch_size:>3} {devices:>3} {row['step_ms']:9.4f} "
               f"{row['ms_per_token']:9.4f} {row['cpu_ms_per_token']:9.4f} "
               f"{row['tokens_per_s']:9d} "
               f"{row['real_time_factor']:7.3f} {row['python_loop_step_ms']:9.4f} "

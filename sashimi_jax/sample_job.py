@@ -36,6 +36,7 @@ import tqdm
 
 from sashimi_jax import audio_output
 from sashimi_jax import config as config_lib
+from sashimi_jax import cpu_devices
 from sashimi_jax import audio_summaries
 from sashimi_jax import distributed
 from sashimi_jax import prompts
@@ -348,6 +349,7 @@ def run_from_flags(fv) -> int:
 
   if not fv.workdir:
     raise ValueError("--workdir is required (the training run's directory).")
+  cpu_devices.configure(fv.cpu_devices, os.environ)  # before anything creates a JAX backend
   reason = distributed.initialize_from_flags(fv, os.environ)
   if reason:
     logging.info("jax.distributed initialized (%s).", reason)
