@@ -41,9 +41,8 @@ def _env(devices: int = 1) -> dict:
   env = dict(os.environ)
   env.update({"PYTHONPATH": str(_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
               "JAX_PLATFORMS": "cpu"})
-  env.pop("XLA_FLAGS", None)
-  if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # Set for one device too: sample.py otherwise makes one CPU device per core.
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
 
 
