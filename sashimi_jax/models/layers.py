@@ -23,6 +23,17 @@ from flax import nnx
 LAYER_NORM_EPSILON = 1e-5
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU in the reference's (torch's) form, x / 2 * (1 + erf(x / sqrt 2)).
+
+  jax.nn.gelu(approximate=False) uses erfc instead, which XLA:CPU evaluates through both of its
+  branches and an exp: 5-7x the cost on (8, 64) to (8, 128) rows (the sampler's shapes), for the
+  same values up to float32 rounding (at most 1e-6 apart on [-12, 12], where GELU reaches 12).
+  """
+  sqrt_half = jnp.asarray(math.sqrt(0.5), x.dtype)
+  return x * (0.5 * (1 + jax.lax.erf(x * sqrt_half))).astype(x.dtype)
+
+
 class Dense(nnx.Module):
   """y = x @ kernel + bias over the last axis, initialised like PyTorch's nn.Linear / Conv1d(k=1).
 
@@ -116,8 +127,7 @@ class FFBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, *, deterministic: bool = True, rngs: Any = None) -> jax.Array:
     """x: (..., H) -> (..., H)."""
-    # Exact (erf) GELU, as torch nn.GELU.
-    z = jax.nn.gelu(self.input_linear(x), approximate=False)
+    z = gelu(self.input_linear(x))  # exact (erf) GELU, as torch nn.GELU
     z = dropout(z, self.dropout, deterministic=deterministic, rngs=rngs)
     return self.output_linear(z)
 

@@ -100,7 +100,7 @@ class S4Block(nnx.Module):
     y = self._convolve(x) + x.astype(jnp.float32) * self.D[...]
     y = y.astype(x.dtype)
     y = self._dropout(y, deterministic, rngs)  # Reference: FFTConv's dropout, before its GELU.
-    y = jax.nn.gelu(y, approximate=False)
+    y = layers.gelu(y)
     y = self._dropout(y, deterministic, rngs)  # Reference: S4Block's dropout.
     return self._output(y)
 
@@ -142,7 +142,7 @@ class S4Block(nnx.Module):
     else:
       y, state = self.kernel.step(rec, state, x)
     y = y + x.astype(jnp.float32) * self.D[...]
-    y = jax.nn.gelu(y.astype(x.dtype), approximate=False)
+    y = layers.gelu(y.astype(x.dtype))
     return self._output(y), state
 
   def prefill_state(self, rec: dict, x: jax.Array):
