@@ -21,7 +21,7 @@ process-CPU milliseconds:
     and no faster at batch 16 than the dynamic step, so the sampler does not use it;
   * gemm (B,K)@(K,M): a matmul + tanh chain of the model's sizes, with its FLOP rate, which
     shows how little a batch gains per row from XLA's CPU small-matrix dots;
-  * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 complex) alone, for the widths
+  * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 modes, the sheared two-array step) alone, for the widths
     of the model's levels (64, 128, 256), with its FLOP rate (~11 real FLOPs per state element).
 Prints a table and one JSON line. The machine may be shared: compare rows of one run.
 """
@@ -200,7 +200,8 @@ def main(argv):
     for width in (64, 128, 256):
       keys = jax.random.split(jax.random.key(4), 6)
       parts = [jax.random.uniform(k, (width, half_state)) for k in keys[:4]]
-      rec = {"A_bar": (0.5 * parts[0], 0.5 * parts[1]), "CB_bar": (parts[2], parts[3])}
+      rec = {"shear": s4d._shear_step_coefficients(  # pylint: disable=protected-access
+          jax.lax.complex(0.5 * parts[0], 0.5 * parts[1]), jax.lax.complex(parts[2], parts[3]))}
 
       @jax.jit
       def layer(u, rec=rec, width=width):

@@ -45,59 +45,85 @@ def _split(z):
   return jnp.real(z).astype(jnp.float32), jnp.imag(z).astype(jnp.float32)
 
 
-def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
-  """Discretised matrices for stepping.
+def _shear_step_coefficients(A_bar, b):
+  """Coefficients of the sheared step (see `s4d_step`) for A_bar, b = 2 C B_bar (H, N2) complex.
 
-  Complex (H, N2) values are (Re, Im) pairs of separate arrays, like the state: the step
-  is then plain elementwise real arithmetic (measured 4x faster than [Re | Im] halves
-  joined by concatenation, and faster than complex64). The recurrent state is kept in the
-  output basis s = 2 C x (see `s4d_step`), so the step needs A_bar and 2 C B_bar only.
+  A_bar = r' e^(i t') with r' = +-|A_bar| chosen so that |t'| <= pi / 2 (so |tan(t' / 2)| <= 1),
+  and the rotation by t' is the three shears Y(tan(t' / 2)) X(-sin t') Y(tan(t' / 2)) of the
+  (Re, Im) plane (Y(c): Im += c Re; X(c): Re += c Im).
+  """
+  flip = jnp.where(jnp.real(A_bar) < 0, -1.0, 1.0)
+  a, c = flip * jnp.real(A_bar), flip * jnp.imag(A_bar)  # A_bar / sign(r'): Re >= 0
+  r = jnp.abs(A_bar)
+  half_tan = c / (r + a)  # tan(t' / 2), stable: r + a >= r > 0
+  neg_sin = -c / r
+  in_y = jnp.imag(b) - half_tan * jnp.real(b)
+  f32 = lambda x: x.astype(jnp.float32)
+  return {"scale": f32(flip * r), "shear_y": f32(2.0 * half_tan * flip * r),
+          "shear_x": f32(neg_sin), "in_y": f32(in_y),
+          "in_x": f32(jnp.real(b) - neg_sin * in_y), "basis": f32(half_tan)}
+
+
+def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
+  """Discretised matrices for stepping and prefill.
+
+  The step works on (H, N2) real arrays only, like the state (plain elementwise arithmetic);
+  see `s4d_step` for its sheared form. Prefill uses log A_bar and 2 C B_bar.
 
   Returns:
-    {"A_bar", "CB_bar" (= 2 C B_bar), "log_A_bar"}: each a (Re, Im) pair of (H, N2) float32.
+    {"shear": dict of (H, N2) float32 step coefficients, "CB_bar" (= 2 C B_bar) and
+    "log_A_bar": (Re, Im) pairs of (H, N2) float32}.
   """
   dt, A, B, C = continuous_params(log_dt, log_A_real, A_imag, B, C)
   log_A_bar, A_bar, B_bar = discretize.discretize_diag(dt, A, B, disc)
-  return {"A_bar": _split(A_bar), "CB_bar": _split(2.0 * C * B_bar),
-          "log_A_bar": _split(log_A_bar)}
+  return {"shear": _shear_step_coefficients(A_bar, 2.0 * C * B_bar),
+          "CB_bar": _split(2.0 * C * B_bar), "log_A_bar": _split(log_A_bar)}
 
 
 def s4d_init_state(batch_size: int, num_channels: int, num_modes: int):
-  """Zero state: (Re s, Im s), each (B, H, N2) float32."""
+  """Zero state: (q_x, q_y), each (B, H, N2) float32 (see `s4d_step`)."""
   zeros = jnp.zeros((batch_size, num_channels, num_modes), jnp.float32)
   return (zeros, zeros)
 
 
 def s4d_step(rec: dict, state, u: jax.Array):
-  """One step x_k = A_bar x_{k-1} + B_bar u_k, y_k = 2 Re(C x_k), on the state s = 2 C x.
+  """One step x_k = A_bar x_{k-1} + B_bar u_k, y_k = 2 Re(C x_k), as two in-place updates.
 
   Each mode's state is scaled by its 2 C (a diagonal change of basis, exact whenever C has no
-  zero entry and harmless otherwise: such a mode never reaches the output), so the step is
-  s_k = A_bar s_{k-1} + (2 C B_bar) u_k and y_k = sum_n Re s_k: no multiplication by C per
-  step and a plain sum for the output.
+  zero entry and harmless otherwise: such a mode never reaches the output): s = 2 C x steps as
+  s_k = A_bar s_{k-1} + (2 C B_bar) u_k with y_k = sum_n Re s_k. Multiplying by A_bar = r' R(t')
+  is a scaling and a rotation of the (Re, Im) plane, and the rotation is three shears
+  Y(b) X(a) Y(b) (b = tan(t'/2), a = -sin t'). Kept in the basis q = Y(-b) s (q_x = Re s,
+  q_y = Im s - b Re s), the outer shears of consecutive steps merge, so a step is
+      q_y <- r' q_y + 2 b r' q_x + d_y u,   then   q_x <- r' q_x + a q_y + e_x u,
+  and y = sum_n q_x. Each update writes one array reading the other's current value, so XLA:CPU
+  updates both in place; the complex product (each new part reading both old ones) cost a state
+  copy per step and was 1.2-1.3x slower at batch 8-16 (docs/PERFORMANCE.md). Same values up to
+  float32 rounding (shears with |a|, |b| <= 1 are well conditioned).
 
   Args:
     rec: from s4d_recurrence.
-    state: (Re, Im) pair of (B, H, N2) float32: s = 2 C x.
+    state: (q_x, q_y) pair of (B, H, N2) float32.
     u: (B, H).
 
   Returns:
     y (B, H) float32, new state.
   """
-  (a_re, a_im), (b_re, b_im) = rec["A_bar"], rec["CB_bar"]
-  s_re, s_im = state
+  shear = rec["shear"]
+  q_x, q_y = state
   u = u[..., None].astype(jnp.float32)
-  new_re = a_re * s_re - a_im * s_im + b_re * u
-  new_im = a_re * s_im + a_im * s_re + b_im * u
-  return jnp.sum(new_re, axis=-1), (new_re, new_im)
+  q_y = shear["scale"] * q_y + shear["shear_y"] * q_x + shear["in_y"] * u
+  q_x = shear["scale"] * q_x + shear["shear_x"] * q_y + shear["in_x"] * u
+  return jnp.sum(q_x, axis=-1), (q_x, q_y)
 
 
 def s4d_prefill_state(rec: dict, u: jax.Array):
   """State after consuming u (B, L, H) from zero: s = 2 C sum_l A_bar^(L-1-l) B_bar u_l.
 
   Returns:
-    (Re, Im) pair of (B, H, N2) float32.
+    (q_x, q_y) pair of (B, H, N2) float32 (`s4d_step`'s basis).
   """
   to_c = lambda pair: jax.lax.complex(*pair)
   s = vandermonde.vandermonde_state(u, to_c(rec["log_A_bar"])) * to_c(rec["CB_bar"])[None]
-  return _split(s)
+  s_re, s_im = _split(s)
+  return s_re, s_im - rec["shear"]["basis"] * s_re
