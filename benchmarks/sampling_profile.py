@@ -209,7 +209,7 @@ def main(argv):
           state, u = carry
           y, state = s4d.s4d_step(rec, state, u)
           return (state, jnp.tanh(y)), None
-        zero = jnp.zeros((u.shape[0], width, half_state))
+        zero = jnp.zeros((half_state, u.shape[0], width))  # s4d_init_state's layout
         return jax.lax.scan(body, ((zero, zero), u), None, length=steps)[0][1]
 
       u = jnp.ones((batch, width))

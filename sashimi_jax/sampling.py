@@ -88,18 +88,45 @@ class _Settings:
   mesh: Any = None  # a jax.sharding.Mesh: rows split over its "data" axis; None = no constraint.
 
 
-def _constrain_rows(settings: _Settings, tree):
-  """Pins every leaf with a leading batch axis to the "data" axis (others replicated)."""
+def state_batch_axes(model, batch_size: int):
+  """The batch axis of every leaf of `model.init_state(batch_size)` (-1: it has none).
+
+  Read off the shapes at two batch sizes, so a layer may lay its state out as it likes (the
+  S4D state is (modes, batch, channels)).
+  """
+  one = jax.eval_shape(lambda: model.init_state(batch_size))
+  two = jax.eval_shape(lambda: model.init_state(batch_size + 1))
+
+  def axis(a, b):
+    changed = [i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n]
+    return changed[0] if changed else -1
+
+  return jax.tree_util.tree_map(axis, one, two)
+
+
+def _constrain_rows(settings: _Settings, tree, state_axes=None):
+  """Pins the batch axis of every leaf to the "data" axis (leaves without one replicated).
+
+  The batch axis is the leading one when its size is the batch size, except in the recurrent
+  state (`tree[0]` when `state_axes`, from `state_batch_axes`, is given).
+  """
   if settings.mesh is None:
     return tree
   from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  def one(leaf):
-    rows = getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] == settings.batch_size
-    spec = sharding.batch_sharding(settings.mesh) if rows else sharding.replicated(settings.mesh)
+  def pin(leaf, axis):
+    spec = (sharding.replicated(settings.mesh) if axis < 0
+            else sharding.axis_sharding(settings.mesh, axis))
     return jax.lax.with_sharding_constraint(leaf, spec)
 
-  return jax.tree_util.tree_map(one, tree)
+  def leading(leaf):
+    rows = getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] == settings.batch_size
+    return pin(leaf, 0 if rows else -1)
+
+  if state_axes is None:
+    return jax.tree_util.tree_map(leading, tree)
+  state = jax.tree_util.tree_map(pin, tree[0], state_axes)
+  return (state,) + tuple(jax.tree_util.tree_map(leading, part) for part in tree[1:])
 
 
 def _sample_rows(settings: _Settings, uniform: jax.Array, outputs: jax.Array):
@@ -159,7 +186,8 @@ def _prologue(model, settings: _Settings, key, sample_index, prompt):
     token = prompt[:, -1]
   zeros = jnp.zeros((batch,), jnp.float32)
   return rec, _constrain_rows(
-      settings, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32)))
+      settings, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32)),
+      state_batch_axes(model, batch))
 
 
 def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int, forced=None):
@@ -189,7 +217,8 @@ def _scan_steps(model, settings: _Settings, rec, carry, num_steps: int, forced=N
     return (state, token, row_keys, loglik + logp, entropy_sum + entropy, done + 1), token
 
   carry, tokens = jax.lax.scan(body, carry, (uniforms, forced.T), unroll=settings.unroll)
-  return _constrain_rows(settings, carry), _constrain_rows(settings, tokens.T)
+  carry = _constrain_rows(settings, carry, state_batch_axes(model, settings.batch_size))
+  return carry, _constrain_rows(settings, tokens.T)
 
 
 # XLA options of the compiled token loops. Region analysis in copy insertion lets XLA:CPU update

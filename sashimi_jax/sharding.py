@@ -36,6 +36,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def axis_sharding(mesh: Mesh, axis: int) -> NamedSharding:
+  """Axis `axis` (a batch axis that is not leading, e.g. of a recurrent state) over "data"."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+
+
 def split_leaf_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
   """Splits the largest axis of `shape` divisible by the mesh size over "data", else replicates."""
   size = mesh.shape[DATA_AXIS]

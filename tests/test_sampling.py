@@ -151,12 +151,13 @@ def test_compiled_sampler_updates_the_s4d_states_in_place(mono_model):
   """
   graphdef, params = nnx.split(mono_model)
   settings = sampling._Settings(  # pylint: disable=protected-access
-      spec=sampling.head_spec(mono_model), batch_size=2, temperature=1.0, top_p=1.0, unroll=1)
+      spec=sampling.head_spec(mono_model), batch_size=3, temperature=1.0, top_p=1.0, unroll=1)
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
       params, jax.random.key(0), jax.numpy.int32(0), None, None, graphdef=graphdef,
       settings=settings, new_tokens=8).compile().as_text()
-  # State arrays of the two levels, (B, H, N/2) = (2, 8 or 16, 2), stacked or not.
-  state_copy = re.compile(r"= f32\[(\d+,)?2,(8|16),2\]\S* copy\(%")
+  # State arrays of the two levels, (N/2, B, H) = (2, 3, 8 or 16), stacked or not (batch 3
+  # tells them from DownPool's (B, pool, H) = (3, 2, 8) ring buffer).
+  state_copy = re.compile(r"= f32\[(\d+,)?2,3,(8|16)\]\S* copy\(%")
   copies = [line.strip()[:100] for line in text.splitlines() if state_copy.search(line)]
   assert copies, "no state-shaped copy at all: the pattern no longer matches the states"
   in_loop = [c for c in copies if "copy(%wrapped_broadcast" not in c]
