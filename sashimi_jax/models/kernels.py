@@ -101,7 +101,7 @@ class S4DKernel(_SSMKernel):
     return s4d.s4d_recurrence(*self.ssm_args(), disc=self.disc)
 
   def init_state(self, batch_size: int):
-    """Zero state: a (Re s, Im s) pair of (B, H, N2) float32 arrays."""
+    """Zero state: a pair of (N2, B, H) float32 arrays (s4d.s4d_step's sheared basis)."""
     return s4d.s4d_init_state(batch_size, self.C.shape[0], self.C.shape[1])
 
   def step(self, rec: dict, state, u: jax.Array):
