@@ -21,8 +21,9 @@ process-CPU milliseconds:
     and no faster at batch 16 than the dynamic step, so the sampler does not use it;
   * gemm (B,K)@(K,M): a matmul + tanh chain of the model's sizes, with its FLOP rate, which
     shows how little a batch gains per row from XLA's CPU small-matrix dots;
-  * s4d_step H=...: one S4D layer's state update (B, H, d_state/2 modes, the sheared two-array step) alone, for the widths
-    of the model's levels (64, 128, 256), with its FLOP rate (~11 real FLOPs per state element).
+  * s4d_step H=...: one S4D layer's state update alone (the sheared two-array step on
+    (d_state/2, B, H) arrays), for the widths of the model's levels (64, 128, 256), with its
+    FLOP rate (~11 real FLOPs per state element).
 Prints a table and one JSON line. The machine may be shared: compare rows of one run.
 """
 
@@ -71,8 +72,9 @@ def _best_ms(fn, steps: int, repeats: int) -> tuple[float, float]:
 def _state_copy_bytes_per_token(model, graphdef, params, settings) -> tuple[float, int]:
   """(bytes, count) of the S4 state-sized `copy` instructions in the compiled sampler.
 
-  A copy of a (B, H, N/2) array belongs to the level of width H, which steps once every
-  rate_frames[level] tokens; copies outside the token loop (initial states) are left out.
+  A copy of an (N/2, B, H) array (`s4d.s4d_init_state`'s layout) belongs to the level of width
+  H, which steps once every rate_frames[level] tokens; copies outside the token loop (initial
+  states) are left out.
   """
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
       params, jax.random.key(0), jnp.int32(0), None, None, graphdef=graphdef,
@@ -82,7 +84,7 @@ def _state_copy_bytes_per_token(model, graphdef, params, settings) -> tuple[floa
     stage = level.up if hasattr(level, "up") else level.stage
     width, half_state = stage.layer_stack.s4.layer.kernel.C.shape[-3:-1]
     widths[int(width)] = k
-  pattern = re.compile(rf"= f32\[{settings.batch_size},(\d+),{half_state}\]\S* copy\("
+  pattern = re.compile(rf"= f32\[{half_state},{settings.batch_size},(\d+)\]\S* copy\("
                        r"%(?!wrapped_broadcast)")
   total, count = 0.0, 0
   for line in text.splitlines():

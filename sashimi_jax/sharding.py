@@ -31,14 +31,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def axis_sharding(mesh: Mesh, axis: int) -> NamedSharding:
+  """Axis `axis` (a batch axis, not always leading: e.g. a recurrent state's) over "data"."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over "data"."""
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def axis_sharding(mesh: Mesh, axis: int) -> NamedSharding:
-  """Axis `axis` (a batch axis that is not leading, e.g. of a recurrent state) over "data"."""
-  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+  return axis_sharding(mesh, 0)
 
 
 def split_leaf_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:

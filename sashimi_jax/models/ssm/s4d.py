@@ -69,8 +69,8 @@ def _shear_step_coefficients(A_bar, b):
 def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
   """Discretised matrices for stepping and prefill.
 
-  The step works on (H, N2) real arrays only, like the state (plain elementwise arithmetic);
-  see `s4d_step` for its sheared form. Prefill uses log A_bar and 2 C B_bar.
+  The step works on real arrays laid out like the state (plain elementwise arithmetic); see
+  `s4d_step` for its sheared form. Prefill uses log A_bar and 2 C B_bar.
 
   Returns:
     {"shear": dict of (N2, 1, H) float32 step coefficients, "CB_bar" (= 2 C B_bar) and
