@@ -22,6 +22,7 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 HEADS = ("categorical", "dml")
 
@@ -174,6 +175,32 @@ def _tempered_log_probs(outputs: jax.Array, head: str, bits: int, n_mixtures: in
   return jax.nn.logsumexp(comp + log_weights[..., None, :], axis=-1)
 
 
+def _tempered_scores(outputs: jax.Array, head: str, bits: int, n_mixtures: int,
+                     temperature) -> jax.Array:
+  """(B, D) -> (B, K) log-probabilities up to a constant per row (categorical: the logits)."""
+  if head == "categorical":
+    logits = outputs.astype(jnp.float32)
+    if not (isinstance(temperature, (int, float)) and temperature == 1.0):
+      logits = logits / temperature
+    return logits
+  return _tempered_log_probs(outputs, head, bits, n_mixtures, temperature)
+
+
+def _sample_full(uniform: jax.Array, scores: jax.Array):
+  """Inverse-CDF draw from softmax(scores) (B, K), with the token's log-probability and the
+  distribution's entropy; one exp pass (no log_softmax), sums as matmuls (`_row_sums`)."""
+  shifted = scores - jnp.max(scores, axis=-1, keepdims=True)
+  weights = jnp.exp(shifted)  # the largest is 1: the total is >= 1
+  cdf = _cumsum_levels(weights)
+  total = cdf[:, -1]
+  tokens = _inverse_cdf(uniform, weights, cdf)
+  log_total = jnp.log(total)
+  token_logp = jnp.take_along_axis(shifted, tokens[:, None], axis=-1)[:, 0] - log_total
+  # H = -sum p log p with p = w / total, log p = shifted - log total.
+  entropy = log_total - _row_sums(jnp.where(weights > 0, weights * shifted, 0.0)) / total
+  return tokens, token_logp, entropy
+
+
 def _validate_sampling_args(temperature, top_p) -> None:
   if isinstance(temperature, (int, float)) and not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
@@ -211,29 +238,42 @@ def _cumsum_levels(probs: jax.Array) -> jax.Array:
 
   XLA:CPU lowers `jnp.cumsum` to a reduce-window costing O(K^2) scalar adds per row (~0.1 ms
   per step at batch 16, K = 256); blocks of sqrt(K) summed by triangular matmuls cost
-  ~2 K sqrt(K) vectorised flops.
+  ~2 K sqrt(K) vectorised flops. The triangles are NumPy constants: built with jnp inside the
+  sampler's token loop, XLA:CPU rebuilt them at every token.
   """
   num_levels = probs.shape[-1]
   block = 2**((num_levels.bit_length() - 1) // 2)
   num_blocks = num_levels // block
   lead = probs.shape[:-1]
   within = jnp.matmul(probs.reshape(*lead, num_blocks, block),
-                      jnp.triu(jnp.ones((block, block), probs.dtype)),
+                      np.triu(np.ones((block, block), np.float32)).astype(probs.dtype),
                       precision=jax.lax.Precision.HIGHEST)
-  offsets = jnp.matmul(within[..., -1], jnp.triu(jnp.ones((num_blocks, num_blocks), probs.dtype), 1),
+  offsets = jnp.matmul(within[..., -1],
+                       np.triu(np.ones((num_blocks, num_blocks), np.float32), 1).astype(probs.dtype),
                        precision=jax.lax.Precision.HIGHEST)
   return (within + offsets[..., None]).reshape(*lead, num_levels)
 
 
-def _inverse_cdf(uniform: jax.Array, probs: jax.Array) -> jax.Array:
+def _row_sums(x: jax.Array) -> jax.Array:
+  """(B, K) -> (B,) sums over the last axis, as a matmul with a ones vector.
+
+  XLA:CPU turns a row reduction of this size into a reduce-window and a reduce (two ops per
+  sum); the matmul is one op and ~2x faster at the sampler's shapes (docs/PERFORMANCE.md).
+  """
+  ones = np.ones((x.shape[-1], 1), np.float32)
+  return jnp.matmul(x.astype(jnp.float32), ones, precision=jax.lax.Precision.HIGHEST)[..., 0]
+
+
+def _inverse_cdf(uniform: jax.Array, probs: jax.Array, cdf: jax.Array | None = None) -> jax.Array:
   """Index i with cdf[i-1] < u * total <= cdf[i]: uniform (B,) in [0, 1), probs (B, K) >= 0.
 
   Levels of probability zero are never chosen (u is flipped into (0, 1]), and a single level
-  with all the mass is chosen for every u.
+  with all the mass is chosen for every u. `cdf`: `_cumsum_levels(probs)` if already computed.
   """
-  cdf = _cumsum_levels(probs)
+  if cdf is None:
+    cdf = _cumsum_levels(probs)
   threshold = (1.0 - uniform)[:, None] * cdf[:, -1:]
-  index = jnp.sum((cdf < threshold).astype(jnp.int32), axis=-1)
+  index = _row_sums(cdf < threshold).astype(jnp.int32)  # counts <= K: exact in float32
   return jnp.minimum(index, probs.shape[-1] - 1)
 
 
@@ -254,14 +294,10 @@ def sample_tokens_from_uniform(uniform: jax.Array, outputs: jax.Array, *, head: 
   """
   _check_outputs(outputs, head, bits, n_mixtures)
   _validate_sampling_args(temperature, top_p)
-  logp = _tempered_log_probs(outputs, head, bits, n_mixtures, temperature)
   if isinstance(top_p, (int, float)) and top_p >= 1.0:
-    probs = jnp.exp(logp)
-    tokens = _inverse_cdf(uniform, probs)
-    token_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-    entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)
-    return tokens, token_logp, entropy
+    return _sample_full(uniform, _tempered_scores(outputs, head, bits, n_mixtures, temperature))
 
+  logp = _tempered_log_probs(outputs, head, bits, n_mixtures, temperature)
   # Nucleus: work in descending-probability order (stable, so ties break like argmax).
   order = jnp.argsort(-logp, axis=-1, stable=True)
   sorted_logp = jnp.take_along_axis(logp, order, axis=-1)

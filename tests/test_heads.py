@@ -191,3 +191,22 @@ def test_inverse_cdf_never_picks_zero_probability_levels():
   probs = jnp.asarray([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]] * 2, jnp.float32)
   uniform = jnp.asarray([0.0, 0.0, 0.9999999, 0.9999999], jnp.float32)
   np.testing.assert_array_equal(jax.jit(heads._inverse_cdf)(uniform, probs), [3, 2, 1, 2])
+
+
+def test_sampling_skips_minus_infinity_logits_and_survives_large_ones():
+  # A level with logit -inf is never drawn and adds nothing (not NaN) to the entropy; logits
+  # far above exp's range are shifted by their maximum first.
+  logits = np.asarray([[0.0, -np.inf, 0.0, np.log(2.0)], [1000.0, 1000.0, -np.inf, 999.0]],
+                      np.float32)
+  outputs = np.repeat(logits, 2000, axis=0)
+  tokens, token_logp, entropy = _sample_tokens(jax.random.key(3), outputs, head="categorical",
+                                               bits=2)
+  tokens = np.asarray(tokens).reshape(2, -1)
+  assert not np.isin(tokens[0], [1]).any() and not np.isin(tokens[1], [2]).any()
+  for row, p in enumerate([np.asarray([0.25, 0.0, 0.25, 0.5]),
+                           np.asarray([1.0, 1.0, 0.0, np.exp(-1.0)]) / (2.0 + np.exp(-1.0))]):
+    nz = p[p > 0]
+    np.testing.assert_allclose(np.asarray(entropy).reshape(2, -1)[row], -np.sum(nz * np.log(nz)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.exp(np.asarray(token_logp).reshape(2, -1)[row]),
+                               p[tokens[row]], rtol=1e-5)

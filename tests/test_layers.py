@@ -18,3 +18,20 @@ def test_gelu_is_the_exact_erf_gelu_to_float32_rounding():
   tanh_form = np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=True), np.float64)
   assert np.max(np.abs(tanh_form - exact)) > 1e-4
   assert layers.gelu(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_layer_norm_step_is_the_layer_norm_to_float32_rounding():
+  rng = np.random.default_rng(0)
+  norm = layers.LayerNorm(64)
+  norm.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, 64), jnp.float32)
+  norm.bias[...] = jnp.asarray(rng.normal(size=64), jnp.float32)
+  # Rows with a large common offset: a one-pass E[x^2] - E[x]^2 variance would lose them.
+  x = jnp.asarray(rng.normal(size=(8, 64)) * 0.1 + 30.0, jnp.float32)
+  x64 = np.asarray(x, np.float64)
+  centered = x64 - x64.mean(-1, keepdims=True)
+  exact = (centered / np.sqrt((centered**2).mean(-1, keepdims=True) + norm.epsilon)
+           * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...]))
+  np.testing.assert_allclose(np.asarray(jax.jit(norm.step)(x)), exact, rtol=0, atol=2e-4)
+  np.testing.assert_allclose(np.asarray(jax.jit(norm.step)(x)), np.asarray(jax.jit(norm)(x)),
+                             rtol=0, atol=2e-4)
+  assert norm.step(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16

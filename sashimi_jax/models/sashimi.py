@@ -207,7 +207,7 @@ class SaShiMiLM(nnx.Module):
       x = x.astype(self.compute_dtype)
     y, level_state = self.level.step(state["t"], rec, state["level"], x)
     next_state.update(t=state["t"] + 1, level=level_state)
-    return self.head(self.norm(y)).astype(jnp.float32), next_state
+    return self.head(self.norm.step(y)).astype(jnp.float32), next_state
 
   def prefill(self, rec: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """Consumes a prompt in convolution mode: tokens (B, P) int, P >= 1.
