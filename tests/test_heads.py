@@ -210,3 +210,19 @@ def test_sampling_skips_minus_infinity_logits_and_survives_large_ones():
                                rtol=1e-5)
     np.testing.assert_allclose(np.exp(np.asarray(token_logp).reshape(2, -1)[row]),
                                p[tokens[row]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_levels", [256, 512])
+def test_inverse_cdf_matches_a_float64_search(num_levels):
+  rng = np.random.default_rng(num_levels)
+  probs = rng.exponential(size=(512, num_levels)).astype(np.float32)
+  probs[rng.uniform(size=probs.shape) < 0.3] = 0.0  # zero-probability levels, whole blocks too
+  probs[:8, : num_levels // 2] = 0.0
+  uniform = rng.uniform(size=512).astype(np.float32)
+  index = np.asarray(jax.jit(heads._inverse_cdf)(uniform, probs))
+  cdf = np.cumsum(probs.astype(np.float64), axis=-1)
+  threshold = (1.0 - uniform.astype(np.float64)) * cdf[:, -1]
+  expected = np.array([np.searchsorted(c, t, side="left") for c, t in zip(cdf, threshold)])
+  assert np.all(probs[np.arange(512), index] > 0)
+  # Equal except where float32 rounding puts the threshold on a level boundary.
+  assert np.mean(index == expected) > 0.99
