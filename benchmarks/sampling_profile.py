@@ -50,6 +50,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))  # run from anywhere
 from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax.models.ssm import s4d  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sashimi_jax.models.ssm import sheared  # pylint: disable=g-import-not-at-top,wrong-import-position
 from sashimi_jax.state import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "32"], "Batch sizes.")
@@ -202,8 +203,8 @@ def main(argv):
     for width in (64, 128, 256):
       keys = jax.random.split(jax.random.key(4), 6)
       parts = [jax.random.uniform(k, (width, half_state)) for k in keys[:4]]
-      rec = {"shear": s4d._shear_step_coefficients(  # pylint: disable=protected-access
-          jax.lax.complex(0.5 * parts[0], 0.5 * parts[1]), jax.lax.complex(parts[2], parts[3]))}
+      rec = {"shear": sheared.coefficients(jax.lax.complex(0.5 * parts[0], 0.5 * parts[1]),
+                                           {"u": jax.lax.complex(parts[2], parts[3])})}
 
       @jax.jit
       def layer(u, rec=rec, width=width):

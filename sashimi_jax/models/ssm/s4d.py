@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import discretize
+from sashimi_jax.models.ssm import sheared
 from sashimi_jax.models.ssm import vandermonde
 
 
@@ -45,27 +46,6 @@ def _split(z):
   return jnp.real(z).astype(jnp.float32), jnp.imag(z).astype(jnp.float32)
 
 
-def _shear_step_coefficients(A_bar, b):
-  """Coefficients of the sheared step (see `s4d_step`) for A_bar, b = 2 C B_bar (H, N2) complex.
-
-  Each is (N2, 1, H) float32, laid out like the state (modes, batch, channels).
-
-  A_bar = r' e^(i t') with r' = +-|A_bar| chosen so that |t'| <= pi / 2 (so |tan(t' / 2)| <= 1),
-  and the rotation by t' is the three shears Y(tan(t' / 2)) X(-sin t') Y(tan(t' / 2)) of the
-  (Re, Im) plane (Y(c): Im += c Re; X(c): Re += c Im).
-  """
-  flip = jnp.where(jnp.real(A_bar) < 0, -1.0, 1.0)
-  a, c = flip * jnp.real(A_bar), flip * jnp.imag(A_bar)  # A_bar / sign(r'): Re >= 0
-  r = jnp.abs(A_bar)
-  half_tan = c / (r + a)  # tan(t' / 2), stable: r + a >= r > 0
-  neg_sin = -c / r
-  in_y = jnp.imag(b) - half_tan * jnp.real(b)
-  modes_major = lambda x: jnp.transpose(x.astype(jnp.float32))[:, None, :]  # (N2, 1, H)
-  return {"scale": modes_major(flip * r), "shear_y": modes_major(2.0 * half_tan * flip * r),
-          "shear_x": modes_major(neg_sin), "in_y": modes_major(in_y),
-          "in_x": modes_major(jnp.real(b) - neg_sin * in_y), "basis": modes_major(half_tan)}
-
-
 def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
   """Discretised matrices for stepping and prefill.
 
@@ -73,12 +53,12 @@ def s4d_recurrence(log_dt, log_A_real, A_imag, B, C, *, disc: str) -> dict:
   `s4d_step` for its sheared form. Prefill uses log A_bar and 2 C B_bar.
 
   Returns:
-    {"shear": dict of (N2, 1, H) float32 step coefficients, "CB_bar" (= 2 C B_bar) and
+    {"shear": the sheared step's (N2, 1, H) float32 coefficients, "CB_bar" (= 2 C B_bar) and
     "log_A_bar": (Re, Im) pairs of (H, N2) float32}.
   """
   dt, A, B, C = continuous_params(log_dt, log_A_real, A_imag, B, C)
   log_A_bar, A_bar, B_bar = discretize.discretize_diag(dt, A, B, disc)
-  return {"shear": _shear_step_coefficients(A_bar, 2.0 * C * B_bar),
+  return {"shear": sheared.coefficients(A_bar, {"u": 2.0 * C * B_bar}),
           "CB_bar": _split(2.0 * C * B_bar), "log_A_bar": _split(log_A_bar)}
 
 
@@ -93,17 +73,8 @@ def s4d_step(rec: dict, state, u: jax.Array):
 
   Each mode's state is scaled by its 2 C (a diagonal change of basis, exact whenever C has no
   zero entry and harmless otherwise: such a mode never reaches the output): s = 2 C x steps as
-  s_k = A_bar s_{k-1} + (2 C B_bar) u_k with y_k = sum_n Re s_k. Multiplying by A_bar = r' R(t')
-  is a scaling and a rotation of the (Re, Im) plane, and the rotation is three shears
-  Y(b) X(a) Y(b) (b = tan(t'/2), a = -sin t'). Kept in the basis q = Y(-b) s (q_x = Re s,
-  q_y = Im s - b Re s), the outer shears of consecutive steps merge, so a step is
-      q_y <- r' q_y + 2 b r' q_x + d_y u,   then   q_x <- r' q_x + a q_y + e_x u,
-  and y = sum_n q_x. Each update writes one array reading the other's current value, so XLA:CPU
-  updates both in place; the complex product (each new part reading both old ones) cost a state
-  copy per step and was 1.2-1.3x slower at batch 8-16 (docs/PERFORMANCE.md). Same values up to
-  float32 rounding (shears with |a|, |b| <= 1 are well conditioned). The state is laid out
-  (modes, batch, channels): the sum over modes is then over the major axis, which XLA:CPU
-  vectorises over B x H (1.7-1.9x faster than over a minor axis of N2 = 32 at batch 8-16).
+  s_k = A_bar s_{k-1} + (2 C B_bar) u_k with y_k = sum_n Re s_k, in the sheared basis of
+  `sheared.py` (q_x = Re s), so y = sum_n q_x.
 
   Args:
     rec: from s4d_recurrence.
@@ -113,11 +84,7 @@ def s4d_step(rec: dict, state, u: jax.Array):
   Returns:
     y (B, H) float32, new state.
   """
-  shear = rec["shear"]
-  q_x, q_y = state
-  u = u[None].astype(jnp.float32)
-  q_y = shear["scale"] * q_y + shear["shear_y"] * q_x + shear["in_y"] * u
-  q_x = shear["scale"] * q_x + shear["shear_x"] * q_y + shear["in_x"] * u
+  q_x, q_y = sheared.step(rec["shear"], state, {"u": u})
   return jnp.sum(q_x, axis=0), (q_x, q_y)
 
 
@@ -129,5 +96,4 @@ def s4d_prefill_state(rec: dict, u: jax.Array):
   """
   to_c = lambda pair: jax.lax.complex(*pair)
   s = vandermonde.vandermonde_state(u, to_c(rec["log_A_bar"])) * to_c(rec["CB_bar"])[None]
-  s_re, s_im = _split(jnp.transpose(s, (2, 0, 1)))
-  return s_re, s_im - rec["shear"]["basis"] * s_re
+  return sheared.from_parts(rec["shear"], *_split(jnp.transpose(s, (2, 0, 1))))
