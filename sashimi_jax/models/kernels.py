@@ -166,7 +166,7 @@ class DPLRKernel(_SSMKernel):
     return dplr.dplr_recurrence(*self.ssm_args(), length=self.l_max)
 
   def init_state(self, batch_size: int):
-    """Zero state: a (Re s, Im s) pair of (B, H, N2) float32 arrays."""
+    """Zero state: a pair of (N2, B, H) float32 arrays (dplr.dplr_step's sheared basis)."""
     return dplr.dplr_init_state(batch_size, self.C.shape[0], 2 * self.C.shape[1])
 
   def step(self, rec: dict, state, u: jax.Array):

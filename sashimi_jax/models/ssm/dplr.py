@@ -21,6 +21,7 @@ from sashimi_jax.models.ssm import cauchy
 from sashimi_jax.models.ssm import channel_map
 from sashimi_jax.models.ssm import complex_pairs
 from sashimi_jax.models.ssm import s4d
+from sashimi_jax.models.ssm import sheared
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -208,12 +209,13 @@ def dplr_recurrence(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> dict
   """Step matrices, recovering C = C~ (I - A_bar^L)^{-1} exactly (one dense solve).
 
   Vectors in real coordinates x = [Re s, Im s] are stored as (first half, second half)
-  pairs of (H, N2) arrays, like the state (fast elementwise steps).
+  pairs of (H, N2) arrays.
 
   Returns:
-    dict: "A_bar" (H, N, N) dense (prefill, dense step); pairs "B_bar", "C", and the O(N)
-    step's factors "d", "u2", "v" with A_bar x = scale (d * x - u2 (v . x)) - x;
-    "scale" (H, 1) = 4 / dt.
+    dict: "A_bar" (H, N, N) dense (prefill, dense step); pairs "B_bar", "C"; and the O(N)
+    step's coefficients: "shear" (`sheared.coefficients` of the diagonal part and its inputs
+    u and t), "feedback" and "readout" (pairs of (N2, 1, H) weights of the sheared state whose
+    sums over modes are t = v . x and y = c . x).
   """
   A_bar, B_bar = dense_discretization(log_dt, log_A_real, A_imag, B, P)
   A_pow = matrix_power(A_bar, length)
@@ -221,53 +223,73 @@ def dplr_recurrence(log_dt, log_A_real, A_imag, B, P, C, *, length: int) -> dict
   # c^T (I - A^L) = c~^T  <=>  (I - A^L)^T c = c~.
   c = solve(jnp.swapaxes(eye - A_pow, -1, -2), c_to_real(C))
   dt, d, u2, v, _ = _sherman_morrison(log_dt, log_A_real, A_imag, B, P)
-  return {"A_bar": A_bar, "B_bar": _halves(B_bar), "C": _halves(c), "scale": 4.0 / dt,
-          "d": (jnp.real(d), jnp.imag(d)), "u2": _halves(u2), "v": _halves(v)}
+  # A_bar x = (4/dt) (d * x - u2 (v . x)) - x: per mode a diagonal complex factor and a rank-1
+  # feedback t = v . x, both inputs of the sheared step.
+  scale = 4.0 / dt
+  to_complex = lambda halves: jax.lax.complex(*halves)
+  shear = sheared.coefficients(scale * d - 1.0, {"u": to_complex(_halves(B_bar)),
+                                                 "t": -scale * to_complex(_halves(u2))})
+  return {"A_bar": A_bar, "B_bar": _halves(B_bar), "C": _halves(c), "shear": shear,
+          "feedback": _sheared_weights(shear, _halves(v)),
+          "readout": _sheared_weights(shear, _halves(c))}
+
+
+def _sheared_weights(shear: dict, halves):
+  """Weights (w_x, w_y) with w . x = sum_n w_x q_x + w_y q_y for x's (Re, Im) halves (H, N2):
+  Re s = q_x and Im s = q_y + basis q_x."""
+  w_re, w_im = (sheared.modes_major(h) for h in halves)
+  return w_re + w_im * shear["basis"], w_im
 
 
 def dplr_init_state(batch_size: int, num_channels: int, num_state: int):
-  """Zero state: (Re s, Im s), each (B, H, N / 2) float32."""
-  zeros = jnp.zeros((batch_size, num_channels, num_state // 2), jnp.float32)
+  """Zero state: the sheared (q_x, q_y), each (N / 2, B, H) float32 (see dplr_step)."""
+  zeros = jnp.zeros((num_state // 2, batch_size, num_channels), jnp.float32)
   return (zeros, zeros)
 
 
-def _output(rec, new_re, new_im):
-  c_re, c_im = rec["C"]
-  return jnp.sum(c_re * new_re + c_im * new_im, axis=-1)
+def _to_real_coordinates(rec: dict, state) -> jax.Array:
+  """The sheared state -> x = [Re s, Im s] (B, H, N)."""
+  return jnp.transpose(jnp.concatenate(sheared.to_parts(rec["shear"], state), axis=0), (1, 2, 0))
+
+
+def _from_real_coordinates(rec: dict, x: jax.Array):
+  """x = [Re s, Im s] (B, H, N) -> the sheared state."""
+  re, im = _halves(x)
+  return sheared.from_parts(rec["shear"], jnp.transpose(re, (2, 0, 1)),
+                            jnp.transpose(im, (2, 0, 1)))
 
 
 def dplr_step_dense(rec: dict, state, u: jax.Array):
-  """As dplr_step, with the dense (H, N, N) A_bar: O(N^2) per channel."""
-  x = jnp.concatenate(state, axis=-1)
+  """As dplr_step, with the dense (H, N, N) A_bar: O(N^2) per channel (a check of dplr_step)."""
+  x = _to_real_coordinates(rec, state)
   new = jnp.einsum("hmn,bhn->bhm", rec["A_bar"], x, precision=_HIGHEST)
   new = new + jnp.concatenate(rec["B_bar"], axis=-1) * u[..., None].astype(jnp.float32)
-  new_re, new_im = _halves(new)
-  return _output(rec, new_re, new_im), (new_re, new_im)
+  c = jnp.concatenate(rec["C"], axis=-1)
+  return jnp.sum(c * new, axis=-1), _from_real_coordinates(rec, new)
 
 
 def dplr_step(rec: dict, state, u: jax.Array):
-  """x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k in O(N) per channel.
+  """x_k = A_bar x_{k-1} + B_bar u_k, y_k = c^T x_k in O(N) per channel, updated in place.
 
   A_bar x = (4/dt) M^{-1} x - x with M^{-1} = blocks(d) - u2 v^T (Sherman-Morrison): the
-  same bilinear matrix as the dense step, applied without forming it.
+  same bilinear matrix as the dense step, applied without forming it. Per mode that is a
+  diagonal complex factor 4 d / dt - 1 plus the feedback -(4/dt) u2 t of the scalar t = v . x,
+  so the state steps in `sheared.py`'s basis and layout with two inputs, u and t, and both of
+  its arrays update in place.
 
   Args:
     rec: from dplr_recurrence.
-    state: (Re s, Im s) pair of (B, H, N2) float32.
+    state: sheared (q_x, q_y) pair of (N2, B, H) float32.
     u: (B, H).
 
   Returns:
     y (B, H) float32, new state.
   """
-  (d_re, d_im), (u2_re, u2_im), (v_re, v_im), (b_re, b_im) = (
-      rec["d"], rec["u2"], rec["v"], rec["B_bar"])
-  x_re, x_im = state
-  t = jnp.sum(v_re * x_re + v_im * x_im, axis=-1, keepdims=True)  # (B, H, 1)
-  u = u[..., None].astype(jnp.float32)
-  scale = rec["scale"]
-  new_re = scale * (d_re * x_re - d_im * x_im - u2_re * t) - x_re + b_re * u
-  new_im = scale * (d_re * x_im + d_im * x_re - u2_im * t) - x_im + b_im * u
-  return _output(rec, new_re, new_im), (new_re, new_im)
+  q_x, q_y = state
+  (t_x, t_y), (c_x, c_y) = rec["feedback"], rec["readout"]
+  t = jnp.sum(t_x * q_x + t_y * q_y, axis=0)
+  q_x, q_y = sheared.step(rec["shear"], state, {"u": u, "t": t})
+  return jnp.sum(c_x * q_x + c_y * q_y, axis=0), (q_x, q_y)
 
 
 def _krylov_one(a, b, size):
@@ -293,7 +315,7 @@ def dplr_prefill_state(rec: dict, u: jax.Array):
   (a scan of about sqrt(L) dense steps). Exact up to float32 rounding.
 
   Returns:
-    (Re s, Im s) pair of (B, H, N2) float32.
+    the sheared (q_x, q_y) pair of (N2, B, H) float32 (dplr_step's state).
   """
   batch, length, channels = u.shape
   A_bar, B_bar = rec["A_bar"], jnp.concatenate(rec["B_bar"], axis=-1)
@@ -309,4 +331,4 @@ def dplr_prefill_state(rec: dict, u: jax.Array):
     return jnp.einsum("hmn,bhn->bhm", A_c, state, precision=_HIGHEST) + v, None
 
   state, _ = jax.lax.scan(horner, jnp.zeros_like(contrib[0]), contrib)
-  return _halves(state)
+  return _from_real_coordinates(rec, state)
