@@ -160,10 +160,7 @@ def _tempered_log_probs(outputs: jax.Array, head: str, bits: int, n_mixtures: in
                         temperature) -> jax.Array:
   """(B, D) -> (B, K) log-probabilities of the temperature-adjusted distribution."""
   if head == "categorical":
-    logits = outputs.astype(jnp.float32)
-    if not (isinstance(temperature, (int, float)) and temperature == 1.0):
-      logits = logits / temperature
-    return jax.nn.log_softmax(logits, axis=-1)
+    return jax.nn.log_softmax(_tempered_logits(outputs, temperature), axis=-1)
   # DML: sharpen (or flatten) both the mixture choice and every component's scale, as in
   # WaveNet/PixelCNN++ style sampling, then take the exact bin distribution of the result.
   log_weights, means, log_scales = _split_dml(outputs)
@@ -175,14 +172,19 @@ def _tempered_log_probs(outputs: jax.Array, head: str, bits: int, n_mixtures: in
   return jax.nn.logsumexp(comp + log_weights[..., None, :], axis=-1)
 
 
+def _tempered_logits(outputs: jax.Array, temperature) -> jax.Array:
+  """Categorical logits / temperature in float32 (a Python 1.0 skips the division)."""
+  logits = outputs.astype(jnp.float32)
+  if not (isinstance(temperature, (int, float)) and temperature == 1.0):
+    logits = logits / temperature
+  return logits
+
+
 def _tempered_scores(outputs: jax.Array, head: str, bits: int, n_mixtures: int,
                      temperature) -> jax.Array:
   """(B, D) -> (B, K) log-probabilities up to a constant per row (categorical: the logits)."""
   if head == "categorical":
-    logits = outputs.astype(jnp.float32)
-    if not (isinstance(temperature, (int, float)) and temperature == 1.0):
-      logits = logits / temperature
-    return logits
+    return _tempered_logits(outputs, temperature)
   return _tempered_log_probs(outputs, head, bits, n_mixtures, temperature)
 
 
