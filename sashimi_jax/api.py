@@ -14,7 +14,7 @@ quantizer. Both run on one local device.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -87,15 +87,22 @@ class TrainedModel:
     return result
 
   def generate(self, num_samples: int = 1, *, seconds: float = 1.0, temperature: float = 1.0,
-               top_p: float = 1.0, seed: int = 0, batch_size: Optional[int] = None) -> np.ndarray:
+               top_p: float = 1.0, seed: int = 0, batch_size: Optional[int] = None,
+               devices: Optional[Sequence[Any]] = None) -> np.ndarray:
     """Generates clips from scratch.
 
     Args:
-      num_samples: clips to generate; clip i depends only on (seed, i).
+      num_samples: clips to generate; clip i depends only on (seed, i) and the rows each device
+        computes together (XLA may round a row differently in another per-device batch).
       seconds: length of each clip.
       temperature, top_p: sampling controls (see `heads.sample_tokens`).
       seed: PRNG seed.
       batch_size: clips generated together (default all).
+      devices: None (JAX's default device), or devices of this process to split every batch
+        over, e.g. `jax.local_devices()`, as `sample.py` does; the batch is rounded up to a
+        multiple of their number (the extra rows are dropped). On a CPU,
+        `sashimi_jax.cpu_devices.configure(None, os.environ)` before JAX starts makes one
+        device per core.
 
     Returns:
       float32 (num_samples, frames, channels) in [-1, 1] at `sample_rate_hz`.
@@ -111,6 +118,16 @@ class TrainedModel:
       raise ValueError(f"need num_samples >= 1 and seconds giving >= 1 frame, got {num_samples}"
                        f" and {seconds}.")
     batch_size = min(int(batch_size or num_samples), num_samples)
+    mesh = None
+    rows = batch_size
+    if devices is not None:
+      from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top
+      devices = list(devices)
+      if not devices or any(d.process_index != jax.process_index() for d in devices):
+        raise ValueError(f"devices must be a non-empty list of this process's devices, got "
+                         f"{devices}.")
+      mesh = sharding.create_mesh(devices)
+      rows = -(-batch_size // len(devices)) * len(devices)
     dataset = self.config.dataset
     # The training layout at this length (e.g. one whole clip for `blocking`), cut afterwards.
     stream_frames = layout.generated_frames(
@@ -120,10 +137,10 @@ class TrainedModel:
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(
-          self.model, key, batch_size=batch_size, new_tokens=stream_frames * self.channels,
-          temperature=temperature, top_p=top_p, first_sample_index=first,
+          self.model, key, batch_size=rows, new_tokens=stream_frames * self.channels,
+          temperature=temperature, top_p=top_p, first_sample_index=first, mesh=mesh,
           **config_lib.head_args(self.config))
-      tokens.append(np.asarray(out["tokens"])[:num_samples - first])
+      tokens.append(np.asarray(out["tokens"])[:min(batch_size, num_samples - first)])
     return layout.trim_frames(
         np.asarray(pipeline.decode_tokens(np.concatenate(tokens), dataset), np.float32), frames)
 

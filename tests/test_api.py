@@ -1,8 +1,11 @@
 """sashimi_jax.load: the docs/PYTHON_API.md example runs; score and generate agree with the
 definitions."""
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,3 +59,33 @@ def test_generate_is_seeded_and_decoded(workdir):
   assert np.all(np.abs(a) <= 1.0)
   with pytest.raises(ValueError, match="mono"):
     run.score(np.zeros(100, np.float32))
+
+
+_TWO_DEVICES = r"""
+import sys
+import jax, numpy as np
+import sashimi_jax
+assert jax.device_count() == 2, jax.devices()
+run = sashimi_jax.load(sys.argv[1], step=1)
+one = run.generate(4, seconds=0.004, seed=5, batch_size=2)  # one device, 2 rows at a time
+two = run.generate(4, seconds=0.004, seed=5, batch_size=4, devices=jax.devices())  # 2 x 2 rows
+odd = run.generate(3, seconds=0.004, seed=5, batch_size=3, devices=jax.devices())  # 3 -> 2 x 2
+np.testing.assert_array_equal(two, one)
+np.testing.assert_array_equal(odd, one[:3])
+try:
+  run.generate(2, seconds=0.004, devices=[])
+except ValueError as e:
+  print("REFUSED", e)
+print("OK", two.shape, odd.shape)
+"""
+
+
+def test_generate_splits_batches_over_devices(workdir):
+  env = dict(os.environ)
+  env.update({"PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+              "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "OK (4, 64, 2) (3, 64, 2)" in proc.stdout
+  assert "REFUSED devices must be a non-empty list" in proc.stdout
