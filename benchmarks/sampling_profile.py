@@ -77,8 +77,9 @@ def _state_copy_bytes_per_token(model, graphdef, params, settings) -> tuple[floa
   H, which steps once every rate_frames[level] tokens; copies outside the token loop (initial
   states) are left out.
   """
+  rec = sampling.recurrence(model)
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
-      params, jax.random.key(0), jnp.int32(0), None, None, graphdef=graphdef,
+      params, rec, jax.random.key(0), jnp.int32(0), None, None, graphdef=graphdef,
       settings=settings, new_tokens=64).compile().as_text()
   widths = {}  # level width H -> level index
   for k, level in enumerate(model.levels()):

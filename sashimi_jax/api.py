@@ -134,12 +134,13 @@ class TrainedModel:
         frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
         sample_len=int(dataset.sample_len))
     key = jax.random.key(seed)
+    recurrence = sampling.recurrence(self.model, mesh)  # once, not per batch
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(
           self.model, key, batch_size=rows, new_tokens=stream_frames * self.channels,
           temperature=temperature, top_p=top_p, first_sample_index=first, mesh=mesh,
-          **config_lib.head_args(self.config))
+          recurrence=recurrence, **config_lib.head_args(self.config))
       tokens.append(np.asarray(out["tokens"])[:min(batch_size, num_samples - first)])
     return layout.trim_frames(
         np.asarray(pipeline.decode_tokens(np.concatenate(tokens), dataset), np.float32), frames)

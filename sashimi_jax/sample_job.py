@@ -274,6 +274,8 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
   sample_rate = int(config.dataset.sample_rate)
   head_kwargs = config_lib.head_args(config)
   key = jax.random.key(seed)
+  # Once per job, not per batch: a DPLR model's constants cost a matrix power and a solve.
+  recurrence = sampling.recurrence(model, mesh) if pending.size else None
   written = 0
   options = (output_options or audio_output.OutputOptions()).validate()
   with audio_output.CompileTimer() as compile_timer:  # to report speed without compilation.
@@ -292,7 +294,8 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
       out = sampling.generate(
           model, key, batch_size=batch, new_tokens=new_tokens, prompt=row_prompts,
           temperature=temperature, top_p=top_p, sample_indices=indices, mesh=mesh,
-          chunk_tokens=chunk_tokens, progress=chunk_done, forced=row_forced, **head_kwargs)
+          chunk_tokens=chunk_tokens, progress=chunk_done, forced=row_forced,
+          recurrence=recurrence, **head_kwargs)
       tokens = _local_rows(out["tokens"])
       loglik = _local_rows(out["log_likelihood"])
       entropy = _local_rows(out["mean_entropy"])

@@ -14,7 +14,8 @@ in bulk before the scan), so a sample never depends on the batch size it was gen
 the chunking, nor on how the batch is split over devices (`mesh`: rows sharded over the "data"
 axis, parameters replicated, no cross-row communication).
 
-`generate` compiles ONE function (graphdef static, params an argument) for the whole run.
+`generate` computes the recurrence constants (`recurrence`: once per job if the caller passes
+them) and compiles ONE function (graphdef static, params and constants arguments) for the rest.
 `generate(..., chunk_tokens=n, progress=fn)` instead compiles a prologue and a scan over `n`
 steps whose carry (the state) is donated between calls, so a progress bar can update; both paths
 share the same step and give identical tokens.
@@ -154,8 +155,8 @@ def _uniforms(row_keys: jax.Array, first_token, num_steps: int) -> jax.Array:
   return jax.vmap(row, out_axes=1)(row_keys)
 
 
-def _prologue(model, settings: _Settings, key, sample_index, prompt):
-  """Recurrence constants and the carry before the first new token.
+def _prologue(model, settings: _Settings, rec, key, sample_index, prompt):
+  """The carry before the first new token (`rec`: the model's recurrence constants).
 
   The carry's token is the next one to feed: the zero token without a prompt; the last prompt
   token with one, after `model.prefill` has consumed `[zero, y0, .., y(P-2)]`. Every new token
@@ -166,13 +167,12 @@ def _prologue(model, settings: _Settings, key, sample_index, prompt):
     sample_index: int32 () index of row 0 (rows are consecutive), or (B,) each row's index.
 
   Returns:
-    rec, carry = (state, token (B,), row keys (B,), log_likelihood (B,), entropy_sum (B,),
+    carry = (state, token (B,), row keys (B,), log_likelihood (B,), entropy_sum (B,),
     new tokens so far ()).
   """
   batch = settings.batch_size
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)
-  rec = model.setup_recurrence()
   indices = sample_index if sample_index.ndim else (
       sample_index + jnp.arange(batch, dtype=jnp.int32))
   row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
@@ -185,7 +185,7 @@ def _prologue(model, settings: _Settings, key, sample_index, prompt):
     _, state = model.prefill(rec, jnp.concatenate([zero, prompt[:, :-1]], axis=1))
     token = prompt[:, -1]
   zeros = jnp.zeros((batch,), jnp.float32)
-  return rec, _constrain_rows(
+  return _constrain_rows(
       settings, (state, token, row_keys, zeros, zeros, jnp.zeros((), jnp.int32)),
       state_batch_axes(model, batch))
 
@@ -233,21 +233,26 @@ SCAN_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True,
                          "xla_cpu_prefer_vector_width": 512}
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _setup_recurrence(params, *, graphdef):
+  return nnx.merge(graphdef, params).setup_recurrence()
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "new_tokens"),
                    compiler_options=SCAN_COMPILER_OPTIONS)
-def _generate_all(params, key, first_sample_index, prompt, forced, *, graphdef, settings,
+def _generate_all(params, rec, key, first_sample_index, prompt, forced, *, graphdef, settings,
                   new_tokens):
   """The whole generation as one compiled function."""
   model = nnx.merge(graphdef, params)
-  rec, carry = _prologue(model, settings, key, first_sample_index, prompt)
+  carry = _prologue(model, settings, rec, key, first_sample_index, prompt)
   carry, tokens = _scan_steps(model, settings, rec, carry, new_tokens, forced)
   return tokens, carry[3], carry[4]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
-def _start(params, key, first_sample_index, prompt, *, graphdef, settings):
+def _start(params, rec, key, first_sample_index, prompt, *, graphdef, settings):
   model = nnx.merge(graphdef, params)
-  return _prologue(model, settings, key, first_sample_index, prompt)
+  return _prologue(model, settings, rec, key, first_sample_index, prompt)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_steps"),
@@ -282,6 +287,20 @@ def _global(mesh, value: np.ndarray, *, rows: bool) -> jax.Array:
   return jax.make_array_from_callback(value.shape, spec, lambda index: value[index])
 
 
+def _replicate(mesh, tree):
+  """Every leaf replicated on the mesh (kept if it already is: a `recurrence` result)."""
+  from sashimi_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  target = sharding.replicated(mesh)
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+      return x
+    return _global(mesh, np.asarray(x), rows=False)
+
+  return jax.tree_util.tree_map(place, tree)
+
+
 def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
   """Parameters and key replicated, row indices and prompt split over the "data" axis."""
   devices = mesh.devices.size
@@ -290,10 +309,23 @@ def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
                      "devices.")
   if index.ndim == 0:
     index = index + np.arange(batch_size, dtype=np.int32)
-  params = jax.tree_util.tree_map(lambda x: _global(mesh, np.asarray(x), rows=False), params)
   key_data = np.asarray(jax.random.key_data(key))
-  return (params, _global(mesh, key_data, rows=False), _global(mesh, index, rows=True),
+  return (_replicate(mesh, params), _global(mesh, key_data, rows=False),
+          _global(mesh, index, rows=True),
           None if prompt is None else _global(mesh, np.asarray(prompt), rows=True))
+
+
+def recurrence(model, mesh: Any = None):
+  """The model's recurrence constants (`model.setup_recurrence()`), for `generate(recurrence=)`.
+
+  `generate` computes them at every call otherwise: cheap for S4D, but a DPLR model's take a
+  matrix power and a solve per channel (0.7 s at the SC09 size on a 2-core CPU), so a job of
+  many batches computes them once. With `mesh`, they are replicated on it.
+  """
+  graphdef, params = nnx.split(model)
+  if mesh is not None:
+    params = _replicate(mesh, params)
+  return _setup_recurrence(params, graphdef=graphdef)
 
 
 def _check_forced(forced, batch_size: int, new_tokens: int, vocabulary: int):
@@ -317,7 +349,7 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
              sample_indices: Optional[np.ndarray] = None, mesh: Any = None,
              chunk_tokens: Optional[int] = None,
              progress: Optional[Callable[[int], Any]] = None,
-             forced: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+             forced: Optional[jax.Array] = None, recurrence: Any = None) -> dict[str, jax.Array]:
   """Samples `new_tokens` new tokens per stream after an optional prompt.
 
   Args:
@@ -346,6 +378,8 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
       (e.g. a `blocking` prompt's right channel, which the stream places after the generated
       left channel) instead of sampled; -1 elsewhere. Forced tokens add nothing to the
       log-likelihood, and `mean_entropy` averages over the sampled tokens only.
+    recurrence: the model's `recurrence(model, mesh)`, to reuse across calls (computed here if
+      None, the same way, so the tokens are the same either way).
 
   Returns:
     dict(tokens=int32 (B, P + new_tokens) including the prompt, log_likelihood=float32 (B,) sum
@@ -378,15 +412,17 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
     params, key, index, prompt = _place_on_mesh(mesh, params, key, index, prompt, batch_size)
     if forced is not None:
       forced = _global(mesh, np.asarray(forced), rows=True)
+  rec = (_setup_recurrence(params, graphdef=graphdef) if recurrence is None
+         else recurrence if mesh is None else _replicate(mesh, recurrence))
 
   if chunk_tokens is None:
     tokens, loglik, entropy_sum = _generate_all(
-        params, key, index, prompt, forced, graphdef=graphdef, settings=settings,
+        params, rec, key, index, prompt, forced, graphdef=graphdef, settings=settings,
         new_tokens=new_tokens)
   else:
     if chunk_tokens < 1:
       raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}.")
-    rec, carry = _start(params, key, index, prompt, graphdef=graphdef, settings=settings)
+    carry = _start(params, rec, key, index, prompt, graphdef=graphdef, settings=settings)
     pieces = []
     done = 0
     while done < new_tokens:

@@ -152,8 +152,9 @@ def test_compiled_sampler_updates_the_s4d_states_in_place(mono_model):
   graphdef, params = nnx.split(mono_model)
   settings = sampling._Settings(  # pylint: disable=protected-access
       spec=sampling.head_spec(mono_model), batch_size=3, temperature=1.0, top_p=1.0, unroll=1)
+  rec = sampling.recurrence(mono_model)
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
-      params, jax.random.key(0), jax.numpy.int32(0), None, None, graphdef=graphdef,
+      params, rec, jax.random.key(0), jax.numpy.int32(0), None, None, graphdef=graphdef,
       settings=settings, new_tokens=8).compile().as_text()
   # State arrays of the two levels, (N/2, B, H) = (2, 3, 8 or 16), stacked or not (batch 3
   # tells them from DownPool's (B, pool, H) = (3, 2, 8) ring buffer).
