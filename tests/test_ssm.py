@@ -295,3 +295,19 @@ def test_dplr_matrix_power_and_krylov_per_channel_match_float64():
   cols = jax.jit(dplr.krylov, static_argnums=2)(f32(a), f32(b), 5)
   expected = np.stack([np.linalg.matrix_power(a, j) @ b[..., None] for j in range(5)], -1)[:, :, 0]
   np.testing.assert_allclose(np.asarray(cols), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sheared_step_is_the_complex_product_also_for_a_zero_factor():
+  from sashimi_jax.models.ssm import sheared  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  a = (rng.uniform(0.1, 1.0, (3, 5)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (3, 5))))
+  a[0, 0] = 0.0  # forgets at once: the new state is the input alone
+  a[1, 1] = -0.5  # |angle| = pi: the sign flip
+  b = rng.normal(size=(3, 5)) + 1j * rng.normal(size=(3, 5))
+  s = rng.normal(size=(5, 2, 3)) + 1j * rng.normal(size=(5, 2, 3))  # (N2, B, H)
+  w = rng.normal(size=(2, 3))
+  coeffs = sheared.coefficients(jnp.asarray(a, jnp.complex64), {"w": jnp.asarray(b, jnp.complex64)})
+  state = sheared.from_parts(coeffs, jnp.asarray(s.real, jnp.float32), jnp.asarray(s.imag, jnp.float32))
+  re, im = sheared.to_parts(coeffs, sheared.step(coeffs, state, {"w": jnp.asarray(w, jnp.float32)}))
+  want = a.T[:, None, :] * s + b.T[:, None, :] * w[None]
+  np.testing.assert_allclose(np.asarray(re) + 1j * np.asarray(im), want, rtol=1e-5, atol=1e-5)

@@ -34,8 +34,10 @@ def coefficients(a: jax.Array, inputs: dict) -> dict:
   """
   flip = jnp.where(jnp.real(a) < 0, -1.0, 1.0)
   re, im = flip * jnp.real(a), flip * jnp.imag(a)  # a / sign(r'): Re >= 0
-  r = jnp.abs(a)
-  half_tan = im / (r + re)  # tan(t' / 2), stable: r + re >= r > 0
+  # tan(t' / 2) is stable as im / (r + re), since r + re >= r; a = 0 (a bilinear DPLR mode at
+  # Lambda = -2/dt forgets at once) takes r = tiny, so the step keeps only the input.
+  r = jnp.maximum(jnp.abs(a), jnp.finfo(jnp.float32).tiny)
+  half_tan = im / (r + re)
   neg_sin = -im / r
   out = {"scale": modes_major(flip * r), "shear_y": modes_major(2.0 * half_tan * flip * r),
          "shear_x": modes_major(neg_sin), "basis": modes_major(half_tan)}
