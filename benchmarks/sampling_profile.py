@@ -77,7 +77,7 @@ def _state_copy_bytes_per_token(model, graphdef, params, settings) -> tuple[floa
   H, which steps once every rate_frames[level] tokens; copies outside the token loop (initial
   states) are left out.
   """
-  rec = sampling.recurrence(model)
+  rec = sampling.recurrence_constants(model)
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
       params, rec, jax.random.key(0), jnp.int32(0), None, None, graphdef=graphdef,
       settings=settings, new_tokens=64).compile().as_text()

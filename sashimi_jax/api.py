@@ -134,7 +134,7 @@ class TrainedModel:
         frames, is_stereo=bool(dataset.is_stereo), strategy=dataset.interleaving_strategy,
         sample_len=int(dataset.sample_len))
     key = jax.random.key(seed)
-    recurrence = sampling.recurrence(self.model, mesh)  # once, not per batch
+    recurrence = sampling.recurrence_constants(self.model, mesh)  # once, not per batch
     tokens = []
     for first in range(0, num_samples, batch_size):
       out = sampling.generate(

@@ -275,7 +275,7 @@ def run_job(model, config, *, output_dir: str, job: dict, num_samples: int,
   head_kwargs = config_lib.head_args(config)
   key = jax.random.key(seed)
   # Once per job, not per batch: a DPLR model's constants cost a matrix power and a solve.
-  recurrence = sampling.recurrence(model, mesh) if pending.size else None
+  recurrence = sampling.recurrence_constants(model, mesh) if pending.size else None
   written = 0
   options = (output_options or audio_output.OutputOptions()).validate()
   with audio_output.CompileTimer() as compile_timer:  # to report speed without compilation.

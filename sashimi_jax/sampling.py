@@ -14,8 +14,8 @@ in bulk before the scan), so a sample never depends on the batch size it was gen
 the chunking, nor on how the batch is split over devices (`mesh`: rows sharded over the "data"
 axis, parameters replicated, no cross-row communication).
 
-`generate` computes the recurrence constants (`recurrence`: once per job if the caller passes
-them) and compiles ONE function (graphdef static, params and constants arguments) for the rest.
+`generate` computes the recurrence constants (`recurrence_constants`: once per job if the
+caller passes them) and compiles ONE function (graphdef static, params and constants arguments) for the rest.
 `generate(..., chunk_tokens=n, progress=fn)` instead compiles a prologue and a scan over `n`
 steps whose carry (the state) is donated between calls, so a progress bar can update; both paths
 share the same step and give identical tokens.
@@ -315,7 +315,7 @@ def _place_on_mesh(mesh, params, key, index, prompt, batch_size: int):
           None if prompt is None else _global(mesh, np.asarray(prompt), rows=True))
 
 
-def recurrence(model, mesh: Any = None):
+def recurrence_constants(model, mesh: Any = None):
   """The model's recurrence constants (`model.setup_recurrence()`), for `generate(recurrence=)`.
 
   `generate` computes them at every call otherwise: cheap for S4D, but a DPLR model's take a
@@ -378,7 +378,7 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
       (e.g. a `blocking` prompt's right channel, which the stream places after the generated
       left channel) instead of sampled; -1 elsewhere. Forced tokens add nothing to the
       log-likelihood, and `mean_entropy` averages over the sampled tokens only.
-    recurrence: the model's `recurrence(model, mesh)`, to reuse across calls (computed here if
+    recurrence: `recurrence_constants(model, mesh)`, to reuse across calls (computed here if
       None, the same way, so the tokens are the same either way).
 
   Returns:
@@ -412,8 +412,12 @@ def generate(model, key: jax.Array, *, batch_size: int, new_tokens: int,
     params, key, index, prompt = _place_on_mesh(mesh, params, key, index, prompt, batch_size)
     if forced is not None:
       forced = _global(mesh, np.asarray(forced), rows=True)
-  rec = (_setup_recurrence(params, graphdef=graphdef) if recurrence is None
-         else recurrence if mesh is None else _replicate(mesh, recurrence))
+  if recurrence is None:
+    rec = _setup_recurrence(params, graphdef=graphdef)
+  elif mesh is None:
+    rec = recurrence
+  else:
+    rec = _replicate(mesh, recurrence)
 
   if chunk_tokens is None:
     tokens, loglik, entropy_sum = _generate_all(

@@ -61,6 +61,18 @@ def test_generate_is_seeded_and_decoded(workdir):
     run.score(np.zeros(100, np.float32))
 
 
+def test_generate_computes_the_recurrence_constants_once(workdir, monkeypatch):
+  from sashimi_jax import sampling  # pylint: disable=g-import-not-at-top
+  run = sashimi_jax.load(workdir, step=1)
+  want = run.generate(3, seconds=0.004, seed=5, batch_size=1)
+  calls = []
+  setup = sampling._setup_recurrence  # pylint: disable=protected-access
+  monkeypatch.setattr(sampling, "_setup_recurrence",
+                      lambda *a, **k: calls.append(1) or setup(*a, **k))
+  np.testing.assert_array_equal(run.generate(3, seconds=0.004, seed=5, batch_size=1), want)
+  assert len(calls) == 1  # three batches
+
+
 _TWO_DEVICES = r"""
 import sys
 import jax, numpy as np

@@ -17,6 +17,7 @@ from flax import nnx
 from sashimi_jax import audio_summaries
 from sashimi_jax import prompts
 from sashimi_jax import sample_job
+from sashimi_jax import sampling
 from sashimi_jax.data import audio as audio_lib
 from sashimi_jax.data import layout
 from sashimi_jax.data import pipeline
@@ -318,6 +319,24 @@ def test_rerun_skips_complete_clips_and_other_arguments_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r"holds samples of an unknown job \(no job.json\)"):
     sample_job.run_job(model, config, output_dir=str(stale), job={}, num_samples=1,
                        per_device_batch_size=1, clip_frames=frames)
+
+
+def test_a_job_computes_the_recurrence_constants_once(tmp_path, monkeypatch):
+  # Per batch they would be computed again (a DPLR model's: a matrix power and a solve).
+  frames, strategy = 24, "temporal"
+  calls = []
+  setup = sampling._setup_recurrence  # pylint: disable=protected-access
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return setup(*args, **kwargs)
+
+  monkeypatch.setattr(sampling, "_setup_recurrence", counted)
+  result = sample_job.run_job(ChannelStub(frames, strategy), stereo_config(strategy, frames),
+                              output_dir=str(tmp_path), job={}, num_samples=5,
+                              per_device_batch_size=2, clip_frames=frames)
+  assert result.generated == 5  # three batches of 2
+  assert len(calls) == 1
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -140,19 +140,39 @@ def test_head_spec_inference_and_bad_arguments(mono_model):
     sampling.generate(mono_model, key, batch_size=1, new_tokens=4, temperature=0.0)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="inspects XLA:CPU's compiled program")
-def test_compiled_sampler_updates_the_s4d_states_in_place(mono_model):
-  """The token loop copies no S4D state: both of a layer's arrays are updated in place.
+def test_given_recurrence_constants_are_used_as_computed(mono_model, monkeypatch):
+  key = jax.random.key(2)
+  want = sampling.generate(mono_model, key, batch_size=2, new_tokens=6)["tokens"]
+  constants = sampling.recurrence_constants(mono_model)
 
-  The sheared step (`s4d.s4d_step`) writes each array from the other's current value; the former
-  complex product read both old arrays, which cost one state copy per layer and step (two with
-  default copy insertion, and a state stacked on the layer axis was copied whole). Only the
-  initial states (copies of a broadcast zero into the loop's buffers) may be copied.
+  def refuse(*args, **kwargs):
+    raise AssertionError("generate recomputed the recurrence constants it was given")
+
+  monkeypatch.setattr(sampling, "_setup_recurrence", refuse)
+  for chunk_tokens in (None, 4):
+    got = sampling.generate(mono_model, key, batch_size=2, new_tokens=6, recurrence=constants,
+                            chunk_tokens=chunk_tokens)["tokens"]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="inspects XLA:CPU's compiled program")
+@pytest.mark.parametrize("layer", ["s4d", "s4"])
+def test_compiled_sampler_updates_the_ssm_states_in_place(layer):
+  """The token loop copies no S4D or DPLR state: both of a layer's arrays are updated in place.
+
+  The sheared step (`models/ssm/sheared.py`) writes each array from the other's current value;
+  the former complex product read both old arrays, which cost one state copy per layer and step
+  (two with default copy insertion, and a state stacked on the layer axis was copied whole).
+  Only the initial states (copies of a broadcast zero into the loop's buffers) may be copied.
   """
-  graphdef, params = nnx.split(mono_model)
+  config = tiny_config()
+  if layer == "s4":
+    config.model.update(layer="s4", init="legs", disc="bilinear")
+  model = build_model(config, nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
   settings = sampling._Settings(  # pylint: disable=protected-access
-      spec=sampling.head_spec(mono_model), batch_size=3, temperature=1.0, top_p=1.0, unroll=1)
-  rec = sampling.recurrence(mono_model)
+      spec=sampling.head_spec(model), batch_size=3, temperature=1.0, top_p=1.0, unroll=1)
+  rec = sampling.recurrence_constants(model)
   text = sampling._generate_all.lower(  # pylint: disable=protected-access
       params, rec, jax.random.key(0), jax.numpy.int32(0), None, None, graphdef=graphdef,
       settings=settings, new_tokens=8).compile().as_text()
